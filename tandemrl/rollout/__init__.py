@@ -1,0 +1,14 @@
+"""Generation and scoring of responses: one `RolloutBatch` flows through a training step."""
+
+from tandemrl.rollout.batch import RolloutBatch
+from tandemrl.rollout.generate import SamplingConfig, encode_prompts, generate
+from tandemrl.rollout.logprobs import TokenScores, score_tokens
+
+__all__ = [
+    "RolloutBatch",
+    "SamplingConfig",
+    "TokenScores",
+    "encode_prompts",
+    "generate",
+    "score_tokens",
+]

@@ -1,0 +1,76 @@
+"""The one data type a training step passes along."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class RolloutBatch:
+    """B sampled responses and everything computed about them.
+
+    Layout: prompts are left-padded and responses right-padded, so `cat(prompt_ids,
+    response_ids)` is a valid causal-LM input and the response occupies the last T columns.
+    Methods attach what they compute (rewards, advantages, old log-probs...) as fields or in
+    `extras`; later stages read them instead of recomputing.
+    """
+
+    prompt_ids: torch.Tensor  # [B, P] left-padded
+    prompt_mask: torch.Tensor  # [B, P] 1 = real prompt token
+    response_ids: torch.Tensor  # [B, T] right-padded
+    response_mask: torch.Tensor  # [B, T] 1 = generated token up to and including EOS
+    group_ids: torch.Tensor  # [B] responses to the same prompt share an id
+    example_index: list[int]  # [B] position of the source example in the step's prompt list
+    completions: list[str]  # [B] decoded response text (without special tokens)
+    truncated: torch.Tensor  # [B] bool: hit max_new_tokens before EOS
+    rewards: torch.Tensor | None = None  # [B] combined scalar reward (NaN = abstain)
+    reward_matrix: torch.Tensor | None = None  # [B, K] per named reward (NaN = abstain)
+    reward_names: list[str] = field(default_factory=list)
+    advantages: torch.Tensor | None = None  # [B] or [B, T]
+    old_logp: torch.Tensor | None = None  # [B, T] behaviour-policy log-probs
+    ref_logp: torch.Tensor | None = None  # [B, T] reference-policy log-probs
+    # [B, T] tokens that enter the loss; None = response_mask. Filters (abstained rewards,
+    # conflict filters, token selection) narrow it without touching the response itself.
+    loss_mask: torch.Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.response_ids.shape[0]
+
+    @property
+    def train_mask(self) -> torch.Tensor:
+        return self.response_mask if self.loss_mask is None else self.loss_mask
+
+    @property
+    def response_lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(-1)
+
+    def select(self, index: torch.Tensor | list[int]) -> RolloutBatch:
+        """Rows `index` of every per-sample field (a microbatch, or a filtered batch)."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        rows = idx.tolist()
+
+        def pick(value: Any) -> Any:
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == len(self):
+                return value[idx]
+            if isinstance(value, list) and len(value) == len(self):
+                return [value[i] for i in rows]
+            return value
+
+        return RolloutBatch(
+            **{
+                name: pick(getattr(self, name))
+                for name in self.__dataclass_fields__
+                if name not in ("extras", "reward_names")
+            },
+            reward_names=list(self.reward_names),
+            extras={k: pick(v) for k, v in self.extras.items()},
+        )
+
+    def microbatches(self, size: int) -> list[RolloutBatch]:
+        return [
+            self.select(list(range(i, min(i + size, len(self))))) for i in range(0, len(self), size)
+        ]
