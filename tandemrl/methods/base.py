@@ -1,0 +1,200 @@
+"""What every method shares: the run context, the policy/optimizer set-up, reward scoring and
+the microbatched gradient update with an explicit global loss normaliser."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from tandemrl.algos import LossNormalizer
+from tandemrl.models import LoadedModel, apply_lora
+from tandemrl.rollout import RolloutBatch
+from tandemrl.tasks import Example, Task
+
+
+@dataclass
+class RunContext:
+    """Everything a method needs from the run, built once by the trainer."""
+
+    config: Any  # TrainConfig (typed loosely to avoid an import cycle)
+    loaded: LoadedModel
+    task: Task
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    """One training method. Subclasses implement `step` and declare `Config`."""
+
+    name: ClassVar[str] = "method"
+
+    @dataclass
+    class Config:
+        pass
+
+    def __init__(self, run: RunContext):
+        self.run = run
+        self.cfg = run.config.method_config
+        self.tokenizer = run.loaded.tokenizer
+        self.policy = self.build_policy(run.loaded)
+        self.optimizer = build_optimizer(self.policy, run.config.optim)
+        self.scheduler = build_scheduler(self.optimizer, run.config.optim, run.config.steps)
+
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        """Validate the method's section up front (resolve registry names, check ranges)."""
+
+    # -- set-up ---------------------------------------------------------------------------
+    def build_policy(self, loaded: LoadedModel) -> nn.Module:
+        """LoRA on pretrained models (`lora.enabled=auto`), full fine-tune on `tiny`."""
+        lora = self.run.config.lora
+        use_lora = loaded.pretrained if lora.enabled == "auto" else bool(lora.enabled)
+        if use_lora:
+            return apply_lora(loaded.model, lora)
+        loaded.model.requires_grad_(True)
+        return loaded.model
+
+    def uses_lora(self) -> bool:
+        return hasattr(self.policy, "peft_config")
+
+    # -- the step -------------------------------------------------------------------------
+    def step(self, step: int, examples: list[Example]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def eval_policy(self) -> nn.Module:
+        """The model that `tandem eval` and before/after evaluation should sample from."""
+        return self.policy
+
+    # -- checkpointing --------------------------------------------------------------------
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.policy.named_parameters() if p.requires_grad}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+def build_optimizer(model: nn.Module, optim: Any) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the policy has no trainable parameters (check lora settings)")
+    return torch.optim.AdamW(
+        params, lr=optim.lr, betas=(optim.beta1, optim.beta2), weight_decay=optim.weight_decay
+    )
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, optim: Any, total_steps: int):
+    warmup = max(0, optim.warmup_steps)
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if optim.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        if optim.schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def score_rewards(task: Task, examples: list[Example], batch: RolloutBatch) -> None:
+    """Run the task's named reward functions; fill `reward_matrix` [B, K] and `rewards` [B].
+
+    None (abstain) becomes NaN. The combined reward is the weighted sum over the rewards that
+    did not abstain; a response on which every reward abstained gets NaN.
+    """
+    rows = [examples[i] for i in batch.example_index]
+    prompts = [ex.messages for ex in rows]
+    column_names = sorted({k for ex in rows for k in ex.columns})
+    columns = {k: [ex.columns.get(k) for ex in rows] for k in column_names}
+    values = []
+    for spec in task.rewards:
+        out = spec.fn(prompts, batch.completions, **columns)
+        if len(out) != len(batch):
+            raise ValueError(
+                f"reward {spec.name!r} returned {len(out)} values for {len(batch)} completions"
+            )
+        values.append([math.nan if v is None else float(v) for v in out])
+    matrix = torch.tensor(values, dtype=torch.float32).T.reshape(len(batch), len(task.rewards))
+    weights = torch.tensor([spec.weight for spec in task.rewards], dtype=torch.float32)
+    present = ~torch.isnan(matrix)
+    combined = (torch.nan_to_num(matrix) * weights).sum(-1)
+    combined[~present.any(-1)] = math.nan
+    batch.reward_matrix = matrix
+    batch.rewards = combined
+    batch.reward_names = [spec.name for spec in task.rewards]
+
+
+def reward_metrics(batch: RolloutBatch, prefix: str = "") -> dict[str, float]:
+    """`reward/mean`, `reward/std` and per named reward `reward/<name>/mean`."""
+    out: dict[str, float] = {}
+    r = batch.rewards[~torch.isnan(batch.rewards)]
+    out[f"{prefix}reward/mean"] = r.mean().item() if r.numel() else math.nan
+    out[f"{prefix}reward/std"] = r.std(unbiased=False).item() if r.numel() else math.nan
+    for k, name in enumerate(batch.reward_names):
+        col = batch.reward_matrix[:, k]
+        col = col[~torch.isnan(col)]
+        out[f"{prefix}reward/{name}/mean"] = col.mean().item() if col.numel() else math.nan
+    out[f"{prefix}response/length_mean"] = batch.response_lengths.float().mean().item()
+    out[f"{prefix}response/truncated_frac"] = batch.truncated.float().mean().item()
+    return out
+
+
+LossFn = Callable[[RolloutBatch, LossNormalizer], tuple[torch.Tensor, dict[str, float]]]
+
+
+def accumulate_and_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    batch: RolloutBatch,
+    loss_fn: LossFn,
+    micro_batch_size: int,
+    max_grad_norm: float,
+) -> dict[str, float]:
+    """One optimizer update over `batch`, `micro_batch_size` sequences per backward.
+
+    The normaliser is computed once over the whole batch and handed to every microbatch, so
+    the summed microbatch losses equal the full-batch loss exactly (`token-mean` divides by
+    the batch's total token count, not each microbatch's).
+    """
+    normalizer = LossNormalizer.from_masks(batch.train_mask)
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    totals: dict[str, float] = {}
+    weights: float = 0.0
+    loss_sum = 0.0
+    for micro in batch.microbatches(micro_batch_size):
+        loss, metrics = loss_fn(micro, normalizer)
+        loss.backward()
+        loss_sum += loss.item()
+        share = float(micro.train_mask.sum())
+        weights += share
+        for key, value in metrics.items():
+            totals[key] = totals.get(key, 0.0) + value * share
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    out = {k: v / max(weights, 1.0) for k, v in totals.items()}
+    out["loss"] = loss_sum
+    out["grad_norm"] = grad_norm.item()
+    if torch.isfinite(grad_norm) and math.isfinite(loss_sum):
+        optimizer.step()
+        out["update_skipped"] = 0.0
+    else:
+        out["update_skipped"] = 1.0
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    out["lr"] = scheduler.get_last_lr()[0]
+    return out

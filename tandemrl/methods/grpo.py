@@ -1,0 +1,212 @@
+"""GRPO: group-relative policy optimisation (DeepSeekMath, arXiv 2402.03300).
+
+One step:
+  1. sample G responses for each of N prompts with the current policy;
+  2. score them with the task's reward functions (weighted sum, NaN = abstain);
+  3. advantages from a registered estimator (`grpo` group z-score by default; `rloo`, Dr.GRPO
+     via `advantage_options.std_mode=none`, or your own `module:function`);
+  4. one AdamW update on the clipped surrogate (+ optional KL to the reference and entropy
+     bonus), aggregated with an explicit global normaliser over microbatches.
+
+DAPO-style options: `clip_high=0.28`, `aggregation=token-mean`, `dynamic_sampling=true`
+(drop groups whose rewards are all equal: they carry no GRPO signal).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from tandemrl.algos import (
+    ADVANTAGES,
+    AGGREGATIONS,
+    POLICY_LOSSES,
+    LossNormalizer,
+    entropy_bonus,
+    groups_with_signal,
+    kl_in_reward,
+    kl_loss,
+    kl_penalty,
+)
+from tandemrl.methods import register_method
+from tandemrl.methods.base import Method, accumulate_and_step, reward_metrics, score_rewards
+from tandemrl.models import reference_mode
+from tandemrl.rollout import RolloutBatch, SamplingConfig, generate, score_tokens
+from tandemrl.tasks import Example
+from tandemrl.train.config_parse import ConfigError
+
+
+@dataclass
+class GRPOConfig:
+    advantage: str = "grpo"
+    advantage_options: dict[str, Any] = field(default_factory=lambda: {"std_mode": "group"})
+    loss: str = "clipped"
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    aggregation: str = "token-mean"
+    kl_coef: float = 0.0  # 0 loads no reference and runs no reference forward
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    kl_in: Literal["loss", "reward"] = "loss"
+    entropy_coef: float = 0.0
+    dynamic_sampling: bool = False
+
+
+@register_method("grpo")
+class GRPO(Method):
+    Config = GRPOConfig
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        cfg = config.method_config
+        ADVANTAGES.get(cfg.advantage)
+        POLICY_LOSSES.get(cfg.loss)
+        AGGREGATIONS.get(cfg.aggregation)
+        if config.rollout.group_size < 2 and cfg.advantage in ("grpo", "rloo"):
+            raise ConfigError(
+                f"grpo.advantage={cfg.advantage} needs rollout.group_size >= 2 (a group of one "
+                "has no baseline: every advantage would be 0)"
+            )
+
+    def __init__(self, run):
+        super().__init__(run)
+        self.reference = None
+        if self.cfg.kl_coef > 0 and not self.uses_lora():
+            # Full fine-tuning has no adapter-free base to fall back on: keep a frozen copy.
+            self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        self.sampling = SamplingConfig(
+            max_new_tokens=run.config.rollout.max_new_tokens,
+            temperature=run.config.rollout.temperature,
+            top_p=run.config.rollout.top_p,
+        )
+
+    # -- pieces other methods reuse ---------------------------------------------------------
+    def rollout(self, step: int, examples: list[Example]) -> RolloutBatch:
+        rc = self.run.config
+        return generate(
+            self.policy,
+            self.tokenizer,
+            [ex.messages for ex in examples],
+            rc.rollout.group_size,
+            self.sampling,
+            seed=rc.seed * 1_000_003 + step,
+            batch_size=rc.rollout.generation_batch_size,
+        )
+
+    @torch.no_grad()
+    def reference_logp(self, batch: RolloutBatch) -> torch.Tensor:
+        mb = self.run.config.optim.micro_batch_size
+        if self.reference is not None:
+            parts = [
+                score_tokens(self.reference, m, self.sampling.temperature).logp
+                for m in batch.microbatches(mb)
+            ]
+        else:
+            with reference_mode(self.policy):
+                parts = [
+                    score_tokens(self.policy, m, self.sampling.temperature).logp
+                    for m in batch.microbatches(mb)
+                ]
+        return torch.cat(parts)
+
+    def compute_advantages(self, batch: RolloutBatch) -> dict[str, float]:
+        estimator = ADVANTAGES.get(self.cfg.advantage)
+        result = estimator(batch.rewards, batch.group_ids, **self.cfg.advantage_options)
+        keep = result.keep
+        if self.cfg.dynamic_sampling:
+            keep = keep & groups_with_signal(batch.rewards, batch.group_ids)
+        batch.advantages = result.advantages
+        batch.loss_mask = batch.response_mask * keep.unsqueeze(-1).to(batch.response_mask.dtype)
+        return {**result.metrics, "advantage/kept_frac": keep.float().mean().item()}
+
+    def loss(self, micro: RolloutBatch, normalizer: LossNormalizer):
+        cfg = self.cfg
+        scores = score_tokens(self.policy, micro, self.sampling.temperature, with_entropy=True)
+        mask = micro.train_mask
+        # One update per batch: the behaviour policy is the current one, so the ratio is
+        # exactly 1 in value but still carries the gradient of log π.
+        old_logp = micro.old_logp if micro.old_logp is not None else scores.logp.detach()
+        policy = POLICY_LOSSES.get(cfg.loss)(
+            scores.logp,
+            old_logp,
+            micro.advantages,
+            mask,
+            clip_low=cfg.clip_low,
+            clip_high=cfg.clip_high,
+            aggregation=cfg.aggregation,
+            normalizer=normalizer,
+        )
+        total = policy.loss
+        metrics = dict(policy.metrics)
+        ent = entropy_bonus(
+            scores.entropy, micro.response_mask, cfg.entropy_coef, cfg.aggregation, normalizer
+        )
+        if cfg.entropy_coef:
+            total = total + ent.loss
+        metrics.update(ent.metrics)
+        if cfg.kl_coef and cfg.kl_in == "loss":
+            kl = kl_loss(
+                scores.logp,
+                micro.ref_logp,
+                mask,
+                coef=cfg.kl_coef,
+                kind=cfg.kl_estimator,
+                aggregation=cfg.aggregation,
+                normalizer=normalizer,
+            )
+            total = total + kl.loss
+            metrics.update(kl.metrics)
+        return total, metrics
+
+    # -- the step ----------------------------------------------------------------------------
+    def step(self, step: int, examples: list[Example]) -> dict[str, float]:
+        rc = self.run.config
+        t0 = time.perf_counter()
+        batch = self.rollout(step, examples)
+        t1 = time.perf_counter()
+        score_rewards(self.run.task, examples, batch)
+        metrics = reward_metrics(batch)
+        t2 = time.perf_counter()
+        if self.cfg.kl_coef:
+            batch.ref_logp = self.reference_logp(batch)
+            if self.cfg.kl_in == "reward":
+                with torch.no_grad():
+                    mb = rc.optim.micro_batch_size
+                    batch.old_logp = torch.cat(
+                        [
+                            score_tokens(self.policy, m, self.sampling.temperature).logp
+                            for m in batch.microbatches(mb)
+                        ]
+                    )
+                kl = kl_penalty(batch.old_logp, batch.ref_logp, self.cfg.kl_estimator)
+                batch.rewards, kl_metrics = kl_in_reward(
+                    batch.rewards, kl, batch.response_mask, self.cfg.kl_coef
+                )
+                metrics.update(kl_metrics)
+        metrics.update(self.compute_advantages(batch))
+        t3 = time.perf_counter()
+        metrics.update(
+            accumulate_and_step(
+                self.policy,
+                self.optimizer,
+                self.scheduler,
+                batch,
+                self.loss,
+                rc.optim.micro_batch_size,
+                rc.optim.max_grad_norm,
+            )
+        )
+        t4 = time.perf_counter()
+        metrics.update(
+            {
+                "time/generate_s": t1 - t0,
+                "time/reward_s": t2 - t1,
+                "time/logprob_s": t3 - t2,
+                "time/update_s": t4 - t3,
+            }
+        )
+        self.last_batch = batch
+        return metrics

@@ -1,0 +1,104 @@
+"""Held-out evaluation: greedy accuracy and pass@k, with a few example completions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from tandemrl.rollout import SamplingConfig, generate
+from tandemrl.tasks import Example, Task
+
+
+def evaluate(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    examples: Sequence[Example],
+    *,
+    max_new_tokens: int,
+    pass_k: int = 4,
+    pass_temperature: float = 1.0,
+    batch_size: int = 32,
+    seed: int = 0,
+    progress: bool = True,
+    desc: str = "eval",
+) -> dict[str, Any]:
+    """Score `model` on `examples`.
+
+    accuracy: mean `correct` of one greedy completion per example.
+    pass@k: share of examples with at least one correct completion among k samples at
+    `pass_temperature` (n = k, so this is the plain estimator, not the unbiased n > k one).
+    sampled_accuracy: mean `correct` over those k samples (an estimate of pass@1 when sampling).
+    """
+    examples = list(examples)
+    greedy = _complete(
+        model,
+        tokenizer,
+        examples,
+        1,
+        SamplingConfig(max_new_tokens, 0.0),
+        batch_size,
+        seed,
+        progress,
+        f"{desc} greedy",
+    )
+    records = []
+    metric_sums: dict[str, float] = {}
+    for ex, completion in zip(examples, greedy, strict=True):
+        scores = task.score(ex, completion)
+        for key, value in scores.items():
+            metric_sums[key] = metric_sums.get(key, 0.0) + value
+        records.append(
+            {"id": ex.id, "prompt": ex.messages[-1]["content"], "completion": completion, **scores}
+        )
+    n = max(1, len(examples))
+    result: dict[str, Any] = {"n": len(examples), "accuracy": metric_sums.get("correct", 0.0) / n}
+    result.update({f"greedy/{k}": v / n for k, v in metric_sums.items()})
+    if pass_k > 0:
+        sampled = _complete(
+            model,
+            tokenizer,
+            examples,
+            pass_k,
+            SamplingConfig(max_new_tokens, pass_temperature),
+            batch_size,
+            seed,
+            progress,
+            f"{desc} pass@{pass_k}",
+        )
+        hits, correct_total = 0, 0.0
+        for i, ex in enumerate(examples):
+            correct = [task.score(ex, c)["correct"] for c in sampled[i * pass_k : (i + 1) * pass_k]]
+            hits += any(c >= 1.0 for c in correct)
+            correct_total += sum(correct)
+        result[f"pass@{pass_k}"] = hits / n
+        result["sampled_accuracy"] = correct_total / (n * pass_k)
+    result["examples"] = records
+    return result
+
+
+def _complete(
+    model, tokenizer, examples, k, sampling, batch_size, seed, progress, desc
+) -> list[str]:
+    per_chunk = max(1, batch_size // k)
+    out: list[str] = []
+    chunks = range(0, len(examples), per_chunk)
+    for n, start in enumerate(tqdm(chunks, desc=desc, disable=not progress, leave=False)):
+        part = examples[start : start + per_chunk]
+        batch = generate(model, tokenizer, [ex.messages for ex in part], k, sampling, seed=seed + n)
+        out.extend(batch.completions)
+    return out
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    parts = [f"accuracy {result['accuracy']:.3f}"]
+    parts += [
+        f"{k} {v:.3f}"
+        for k, v in result.items()
+        if k.startswith("pass@") or k == "sampled_accuracy"
+    ]
+    return ", ".join(parts) + f" (n={result['n']})"
