@@ -50,7 +50,12 @@ def get_method_class(name: str) -> type[Method]:
 
 
 def _import_builtin_methods() -> None:
-    from tandemrl.methods import grpo  # noqa: F401
+    # Every module of this package registers itself on import: adding a method is adding a file.
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "base":
+            importlib.import_module(f"{__name__}.{info.name}")
 
 
 __all__ = ["METHODS", "Method", "RunContext", "get_method_class", "register_method"]
