@@ -10,7 +10,12 @@ from tandemrl.train.config_parse import parse_overrides
 
 def test_overrides_nest_and_parse_yaml_scalars():
     tree = parse_overrides(["steps=3", "rollout.group_size=8", "optim.lr=1e-5", "task=arith2"])
-    assert tree == {"steps": 3, "rollout": {"group_size": 8}, "optim": {"lr": "1e-5"}, "task": "arith2"}
+    assert tree == {
+        "steps": 3,
+        "rollout": {"group_size": 8},
+        "optim": {"lr": "1e-5"},
+        "task": "arith2",
+    }
 
 
 def test_defaults_and_overrides_reach_typed_fields(tmp_path):
@@ -23,7 +28,9 @@ def test_defaults_and_overrides_reach_typed_fields(tmp_path):
 
 def test_yaml_file_then_overrides_win(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text("steps: 5\nrollout: {group_size: 2, temperature: 0.7}\ngrpo: {clip_high: 0.28}\n")
+    path.write_text(
+        "steps: 5\nrollout: {group_size: 2, temperature: 0.7}\ngrpo: {clip_high: 0.28}\n"
+    )
     cfg = load_config(path, ["rollout.group_size=6"])
     assert cfg.steps == 5
     assert cfg.rollout.group_size == 6 and cfg.rollout.temperature == pytest.approx(0.7)

@@ -18,8 +18,12 @@ class LetterTask(Task):
 
     def __init__(self, size: int = 16):
         self.rewards = [RewardSpec("lowercase", share_lowercase)]
-        self._train = [Example(f"t{i}", [{"role": "user", "content": f"word {i}"}]) for i in range(size)]
-        self._eval = [Example(f"e{i}", [{"role": "user", "content": f"other {i}"}]) for i in range(4)]
+        self._train = [
+            Example(f"t{i}", [{"role": "user", "content": f"word {i}"}]) for i in range(size)
+        ]
+        self._eval = [
+            Example(f"e{i}", [{"role": "user", "content": f"other {i}"}]) for i in range(4)
+        ]
 
     def train_examples(self):
         return self._train

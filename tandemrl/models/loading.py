@@ -55,7 +55,7 @@ def _dtype(name: str | torch.dtype) -> torch.dtype:
 
 
 def resolve_model_kind(name: str) -> str:
-    """"builtin", "directory" or "hub" for a valid name; raises `ModelLoadError` otherwise.
+    """Classify `name` as "builtin", "directory" or "hub"; raise `ModelLoadError` if none.
 
     Cheap (no weights touched), so configs can be checked before any slow work starts.
     """

@@ -20,6 +20,7 @@ import yaml
 from tandemrl.models.adapters import LoraConfig
 from tandemrl.train.config_parse import ConfigError, deep_merge, from_dict, to_dict
 
+
 @dataclass
 class RolloutConfig:
     prompts_per_step: int = 8
@@ -77,7 +78,7 @@ class TrainConfig:
     # 10% sampled at T=1), so RL has signal to work with.
     task: str = "arith2"
     task_options: dict[str, Any] = field(default_factory=dict)
-    steps: int = 12
+    steps: int = 20
     seed: int = 0
     output_dir: str = "runs/default"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"

@@ -60,6 +60,7 @@ def log(message: str) -> None:
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run `cfg` to completion; returns the summary also written to `<output_dir>/summary.json`."""
+    started = time.perf_counter()
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -144,6 +145,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         {
             "median_step_s": float(np.median(step_times)) if step_times else None,
             "peak_rss_mb": peak_rss_mb(),
+            "wall_time_s": time.perf_counter() - started,
             "checkpoint": str(ckpt),
         }
     )
@@ -156,7 +158,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         log(
             f"held-out accuracy {evals['before']['accuracy']:.3f} -> {evals['after']['accuracy']:.3f}"
             f" over {cfg.steps} steps (median step {summary['median_step_s'] or 0:.1f} s,"
-            f" peak RSS {summary['peak_rss_mb']:.0f} MB); run dir {run_dir}"
+            f" peak RSS {summary['peak_rss_mb']:.0f} MB, {summary['wall_time_s'] / 60:.1f} min in"
+            f" all); run dir {run_dir}"
         )
     return summary
 
