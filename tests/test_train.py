@@ -175,3 +175,35 @@ def test_entropy_bonus_enters_the_loss_with_its_coefficient():
     with_bonus, _ = method.loss(batch, normalizer)
     expected = plain.item() - 0.05 * metrics["entropy/mean"]
     assert with_bonus.item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_interrupt_keeps_the_finished_steps(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during step 2 saves step 1's checkpoint and exits 130 with a hint."""
+    from tandemrl.methods.grpo import GRPO
+
+    real_step = GRPO.step
+
+    def step_then_interrupt(self, step, examples):
+        if step == 1:
+            raise KeyboardInterrupt
+        return real_step(self, step, examples)
+
+    monkeypatch.setattr(GRPO, "step", step_then_interrupt)
+    out = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "model=tiny",
+            "task=toy_letters",
+            "steps=3",
+            f"output_dir={out}",
+            "eval.before=false",
+            "rollout.prompts_per_step=2",
+            "rollout.max_new_tokens=4",
+            "log.progress=false",
+        ]
+    )
+    assert code == 130
+    assert (out / "checkpoints" / "step-000001" / "COMPLETE").is_file()
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    assert "tandem eval checkpoint=" in capsys.readouterr().err

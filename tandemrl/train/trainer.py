@@ -104,6 +104,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     logger = MetricsLogger(run_dir, tensorboard=cfg.log.tensorboard)
     step_times = []
+    done = 0
     bar = tqdm(range(cfg.steps), desc=f"{cfg.method} train", disable=not cfg.log.progress)
     try:
         for step in bar:
@@ -113,6 +114,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             metrics["memory/peak_rss_mb"] = peak_rss_mb()
             step_times.append(metrics["time/step_s"])
             logger.log(step + 1, metrics)
+            done = step + 1
             bar.set_postfix(
                 reward=f"{metrics.get('reward/mean', math.nan):.3f}",
                 loss=f"{metrics.get('loss', math.nan):.4f}",
@@ -128,6 +130,19 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 )
             if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.steps:
                 evals[f"step_{step + 1}"] = run_eval(f"step {step + 1}")
+    except KeyboardInterrupt:
+        # Keep what the finished steps learned: the step in flight is abandoned, not half-applied.
+        if done:
+            ckpt = save_checkpoint(
+                run_dir,
+                done,
+                method.eval_policy(),
+                _trainer_state(method, sampler),
+                cfg.checkpoint.keep,
+            )
+            log(f"interrupted after step {done}; checkpoint saved to {ckpt}")
+            log(f"evaluate it with: tandem eval checkpoint={ckpt}")
+        raise
     finally:
         logger.close()
     ckpt = save_checkpoint(
