@@ -1,8 +1,12 @@
 """`tandem`: the command line.
 
     tandem train [CONFIG.yaml] [key=value ...]     train (defaults: GRPO, smollm2-135m, arith2)
-    tandem eval  [CONFIG.yaml] [checkpoint=DIR] [key=value ...]
-    tandem tasks                                   list tasks with sizes, metrics, a prompt
+    tandem eval  [CONFIG.yaml] [checkpoint=DIR] [policy=NAME] [key=value ...]
+    tandem export checkpoint=DIR out=DIR [policy=NAME] [merged=true]
+    tandem tasks [--all] [NAME ...]                list tasks with sizes, metrics, a prompt
+
+`policy=` picks one adapter of a multi-adapter checkpoint (DuPO: explore or exploit; the
+default is the method's served policy, exploit).
 
 Errors in what the user asked for (config keys, names, paths) print one line and exit 2.
 """
@@ -21,11 +25,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from tandemrl.algos import UnknownNameError
     from tandemrl.methods import UnknownMethodError
     from tandemrl.models import ModelLoadError
-    from tandemrl.tasks import TaskOptionError, UnknownTaskError
+    from tandemrl.tasks import RewardFunctionError, TaskOptionError, UnknownTaskError
     from tandemrl.train import ConfigError
 
     return (
         ConfigError,
+        RewardFunctionError,
         UnknownTaskError,
         TaskOptionError,
         ModelLoadError,
@@ -52,43 +57,115 @@ def cmd_train(args: list[str]) -> int:
     return 0
 
 
+def _checkpoint_args(args: list[str], keys: tuple[str, ...]) -> tuple[dict, str | None, list]:
+    """Pull `key=value` arguments that are not config keys (checkpoint=, policy=, ...) out of
+    `args`; a checkpoint's run config is used unless a config file is given."""
+    config, overrides = _split_args(args)
+    special: dict[str, str] = {}
+    rest = []
+    for arg in overrides:
+        key, _, value = arg.partition("=")
+        if key in keys:
+            special[key] = value
+        else:
+            rest.append(arg)
+    checkpoint = special.get("checkpoint")
+    run_config = Path(checkpoint).parent.parent / "config.yaml" if checkpoint else None
+    if config is None and run_config is not None and run_config.is_file():
+        config = str(run_config)
+    return special, config, rest
+
+
 def cmd_eval(args: list[str]) -> int:
     from tandemrl.train import load_config
     from tandemrl.train.eval_cli import run_eval
 
-    config, overrides = _split_args(args)
-    checkpoint = None
-    rest = []
-    for arg in overrides:
-        if arg.startswith("checkpoint="):
-            checkpoint = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
-    if checkpoint and config is None and (Path(checkpoint).parent.parent / "config.yaml").is_file():
-        config = str(Path(checkpoint).parent.parent / "config.yaml")
+    special, config, rest = _checkpoint_args(args, ("checkpoint", "policy"))
     cfg = load_config(config, rest)
-    result = run_eval(cfg, checkpoint)
+    result = run_eval(cfg, special.get("checkpoint"), special.get("policy"))
     print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
     return 0
 
 
-def cmd_tasks(args: list[str]) -> int:
-    from tandemrl.tasks import get_task, list_tasks
+def cmd_export(args: list[str]) -> int:
+    from tandemrl.train import ConfigError, load_config
+    from tandemrl.train.eval_cli import run_export
 
-    for name in list_tasks():
-        try:
-            info = get_task(name).describe()
-        except Exception as err:  # one broken provider must not hide the others
-            print(f"{name}: unavailable ({err})")
-            continue
-        print(
-            f"{info.name}: train {info.train_size}, eval {info.eval_size}; metrics {', '.join(info.metrics)}; rewards {', '.join(info.rewards)}"
-        )
-        print("    " + info.example_text().replace("\n", "\n    "))
+    special, config, rest = _checkpoint_args(args, ("checkpoint", "policy", "out", "merged"))
+    if not special.get("checkpoint") or not special.get("out"):
+        raise ConfigError("tandem export needs checkpoint=DIR and out=DIR")
+    merged = special.get("merged", "false").lower()
+    if merged not in ("true", "false"):
+        raise ConfigError(f"merged: expected true/false, got {merged!r}")
+    cfg = load_config(config, rest)
+    run_export(cfg, special["checkpoint"], special["out"], special.get("policy"), merged == "true")
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "tasks": cmd_tasks}
+_EXAMPLE_LINES = 12
+
+
+def _print_task(name: str, *, full: bool = False) -> None:
+    from tandemrl.tasks import TaskOptionError, get_task
+
+    try:
+        info = get_task(name).describe()
+    except TaskOptionError as err:  # e.g. jsonl: nothing to show until it has a file
+        print(f"{name}: needs options ({err})\n")
+        return
+    except Exception as err:  # one broken task must not hide the others
+        print(f"{name}: unavailable ({type(err).__name__}: {err})\n")
+        return
+    print(f"{info.name}: {info.description}")
+    print(f"    source {info.source}; train {info.train_size}, eval {info.eval_size}")
+    print(f"    metrics {', '.join(info.metrics)}; rewards {', '.join(info.rewards)}")
+    lines = info.example_text().splitlines()
+    if not full and len(lines) > _EXAMPLE_LINES:
+        lines = lines[:_EXAMPLE_LINES] + [f"... ({len(lines) - _EXAMPLE_LINES} more lines)"]
+    shown = [line if full or len(line) <= 160 else line[:157] + "..." for line in lines]
+    print("    example prompt:\n      " + "\n      ".join(shown) + "\n")
+
+
+def cmd_tasks(args: list[str]) -> int:
+    """`tandem tasks [--all] [NAME ...]`: our tasks in detail, reasoning-gym names compactly.
+
+    Names given: details of just those. `--all`: details of every task (slow: it builds
+    every reasoning-gym dataset).
+    """
+    from tandemrl.tasks import list_tasks
+
+    flags = {a for a in args if a.startswith("-")}
+    names = [a for a in args if not a.startswith("-")]
+    unknown_flags = flags - {"--all"}
+    if unknown_flags:
+        raise SystemExit(f"tandem tasks: unknown option {sorted(unknown_flags)[0]} (use --all)")
+    if names:
+        for name in names:
+            _print_task(name, full=True)
+        return 0
+    own = list_tasks(include_providers=False)
+    for name in own:
+        _print_task(name)
+    others = [n for n in list_tasks() if n not in own]
+    if "--all" in flags:
+        for name in others:
+            _print_task(name)
+        return 0
+    print(
+        f"reasoning-gym datasets ({len(others)}): task=NAME, their own settings under "
+        "task_options.config; `tandem tasks NAME` shows one in detail:"
+    )
+    width, line = 100, "   "
+    for name in others:
+        if len(line) + len(name) + 1 > width:
+            print(line)
+            line = "   "
+        line += " " + name
+    print(line)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "tasks": cmd_tasks}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from tandemrl.algos import LossNormalizer
 from tandemrl.models import LoadedModel, apply_lora
 from tandemrl.rollout import RolloutBatch
 from tandemrl.tasks import Example, Task
+from tandemrl.tasks.rewards import run_reward
 
 
 @dataclass
@@ -112,21 +113,23 @@ def build_scheduler(optimizer: torch.optim.Optimizer, optim: Any, total_steps: i
 def score_rewards(task: Task, examples: list[Example], batch: RolloutBatch) -> None:
     """Run the task's named reward functions; fill `reward_matrix` [B, K] and `rewards` [B].
 
-    None (abstain) becomes NaN. The combined reward is the weighted sum over the rewards that
-    did not abstain; a response on which every reward abstained gets NaN.
+    Each function runs through `run_reward`: a row on which it raises abstains and is counted
+    in `batch.extras["reward_errors"][name]` (logged as `reward/<name>/errors`), so a buggy
+    reward costs rows, not the run; a wrong-length or non-numeric result raises
+    `RewardFunctionError`. None (abstain) becomes NaN. The combined reward is the weighted sum
+    over the rewards that did not abstain; a response on which every reward abstained gets NaN.
     """
     rows = [examples[i] for i in batch.example_index]
     prompts = [ex.messages for ex in rows]
+    row_ids = [ex.id for ex in rows]
     column_names = sorted({k for ex in rows for k in ex.columns})
     columns = {k: [ex.columns.get(k) for ex in rows] for k in column_names}
     values = []
+    errors: dict[str, int] = {}
     for spec in task.rewards:
-        out = spec.fn(prompts, batch.completions, **columns)
-        if len(out) != len(batch):
-            raise ValueError(
-                f"reward {spec.name!r} returned {len(out)} values for {len(batch)} completions"
-            )
-        values.append([math.nan if v is None else float(v) for v in out])
+        outcome = run_reward(spec, prompts, batch.completions, columns, row_ids)
+        values.append([math.nan if v is None else v for v in outcome.values])
+        errors[spec.name] = outcome.errors
     matrix = torch.tensor(values, dtype=torch.float32).T.reshape(len(batch), len(task.rewards))
     weights = torch.tensor([spec.weight for spec in task.rewards], dtype=torch.float32)
     present = ~torch.isnan(matrix)
@@ -135,18 +138,21 @@ def score_rewards(task: Task, examples: list[Example], batch: RolloutBatch) -> N
     batch.reward_matrix = matrix
     batch.rewards = combined
     batch.reward_names = [spec.name for spec in task.rewards]
+    batch.extras["reward_errors"] = errors
 
 
 def reward_metrics(batch: RolloutBatch, prefix: str = "") -> dict[str, float]:
-    """`reward/mean`, `reward/std` and per named reward `reward/<name>/mean`."""
+    """`reward/mean`, `reward/std`, per named reward `reward/<name>/mean` and `.../errors`."""
     out: dict[str, float] = {}
     r = batch.rewards[~torch.isnan(batch.rewards)]
     out[f"{prefix}reward/mean"] = r.mean().item() if r.numel() else math.nan
     out[f"{prefix}reward/std"] = r.std(unbiased=False).item() if r.numel() else math.nan
+    errors = batch.extras.get("reward_errors", {})
     for k, name in enumerate(batch.reward_names):
         col = batch.reward_matrix[:, k]
         col = col[~torch.isnan(col)]
         out[f"{prefix}reward/{name}/mean"] = col.mean().item() if col.numel() else math.nan
+        out[f"{prefix}reward/{name}/errors"] = float(errors.get(name, 0))
     out[f"{prefix}response/length_mean"] = batch.response_lengths.float().mean().item()
     out[f"{prefix}response/truncated_frac"] = batch.truncated.float().mean().item()
     return out

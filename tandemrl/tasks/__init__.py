@@ -5,7 +5,9 @@
 >>> task.train_examples()[0].messages                          # doctest: +SKIP
 
 Any reasoning-gym dataset name works as a task name; ``arith2`` and ``eq2`` are presets
-(``tandemrl.tasks.reasoning_gym.PRESETS``). New tasks register themselves with
+(``tandemrl.tasks.reasoning_gym.PRESETS``). Beyond maths: ``bfcl`` (function calling),
+``translation``, ``rerank`` (passage reranking) and ``jsonl`` (your own data and reward
+functions); docs/tasks.md describes each. New tasks register themselves with
 ``@register_task("name")`` in a module of this package (see ``registry``).
 """
 
@@ -20,10 +22,12 @@ from tandemrl.tasks.registry import (
     register_provider,
     register_task,
 )
+from tandemrl.tasks.rewards import RewardFunctionError, load_reward_function, run_reward
 
 __all__ = [
     "Example",
     "RewardFn",
+    "RewardFunctionError",
     "RewardSpec",
     "Task",
     "TaskInfo",
@@ -34,6 +38,8 @@ __all__ = [
     "completion_text",
     "get_task",
     "list_tasks",
+    "load_reward_function",
     "register_provider",
     "register_task",
+    "run_reward",
 ]

@@ -92,7 +92,7 @@ PRESETS: dict[str, Preset] = {
             "allow_parentheses": False,
             "allow_negation": False,
         },
-        "basic_arithmetic, two terms of 1-2 digits, + - * (SmolLM2-135M: 39% greedy)",
+        "basic_arithmetic, two terms of 1-2 digits, + - * (SmolLM2-135M: 30% greedy)",
     ),
     "eq2": Preset(
         "simple_equations",

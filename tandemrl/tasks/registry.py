@@ -44,7 +44,7 @@ _REGISTRY: dict[str, TaskFactory] = {}
 _PROVIDERS: list[TaskProvider] = []
 _builtins_loaded = False
 # Modules of this package that hold no tasks; everything else is imported to register.
-_NOT_TASK_MODULES = {"base", "registry", "extraction", "verify"}
+_NOT_TASK_MODULES = {"base", "registry", "extraction", "verify", "rewards", "function_calls"}
 
 
 class UnknownTaskError(ValueError):

@@ -74,8 +74,8 @@ class TrainConfig:
     method: str = "grpo"
     model: str = "smollm2-135m"
     # The embedded default: `arith2` is reasoning-gym's basic_arithmetic with 2 terms of 1-2
-    # digits, which SmolLM2-135M solves sometimes but not reliably (DESIGN.md: 39% greedy,
-    # 10% sampled at T=1), so RL has signal to work with.
+    # digits, which SmolLM2-135M solves sometimes but not reliably (held-out: 0.297 greedy,
+    # 0.086 sampled at T=1; `tandem eval task=arith2`), so RL has signal to work with.
     task: str = "arith2"
     task_options: dict[str, Any] = field(default_factory=dict)
     steps: int = 20

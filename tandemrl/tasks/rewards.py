@@ -1,0 +1,217 @@
+"""Calling reward functions safely, loading them by import path, and two ready-made ones.
+
+``run_reward`` is how every reward function is called during training (``score_rewards``) so
+that one bad row never ends a run:
+
+- The function is called once on the whole batch. If that call raises, it is called again row
+  by row; rows that raise abstain (``None``) and are counted in ``RewardOutcome.errors``, and a
+  warning names the function, how many rows failed, the first failing row and its exception.
+- What the function returns is checked: it must be a sequence with one value per completion,
+  each ``None`` (abstain) or a real number (bool, int, float, numpy scalar, 0-d tensor; NaN
+  abstains). Anything else is a bug in the function that no retry can fix, so it raises
+  ``RewardFunctionError`` with one line naming the function, what was expected and got, and
+  the row.
+
+User functions are named in config by import path, ``package.module:function`` or
+``path/to/file.py:function`` (``load_reward_function``), with TRL's signature::
+
+    def my_reward(prompts, completions, **columns) -> list[float | None]: ...
+
+``exact_match`` and ``numeric_match`` compare the answer in a completion with an ``answer``
+column, for data that has one: ``rewards: [tandemrl.tasks.rewards:numeric_match]``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import math
+import numbers
+import sys
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tandemrl.tasks.base import RewardSpec, completion_text
+from tandemrl.tasks.extraction import extract_number, extract_text
+from tandemrl.tasks.registry import TaskOptionError
+from tandemrl.tasks.verify import numbers_equal
+
+__all__ = [
+    "RewardFunctionError",
+    "RewardOutcome",
+    "exact_match",
+    "load_reward_function",
+    "numeric_match",
+    "run_reward",
+]
+
+log = logging.getLogger("tandemrl.rewards")
+
+
+class RewardFunctionError(ValueError):
+    """A reward function returned something unusable. ``str()`` is one line."""
+
+
+@dataclass(frozen=True)
+class RewardOutcome:
+    """One reward function's values for a batch, and how many rows raised (and abstain)."""
+
+    values: list[float | None]
+    errors: int = 0
+
+
+def describe_function(fn: Any) -> str:
+    """``module:qualname`` of a function, for messages."""
+    module = getattr(fn, "__module__", None) or "?"
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{module}:{name}"
+
+
+def _row(index: int, row_ids: Sequence[str] | None) -> str:
+    if row_ids is not None and index < len(row_ids):
+        return f"row {index} (example {row_ids[index]!r})"
+    return f"row {index}"
+
+
+def _checked(
+    spec: RewardSpec, out: Any, count: int, row_ids: Sequence[str] | None, offset: int = 0
+) -> list[float | None]:
+    who = f"reward function {spec.name!r} ({describe_function(spec.fn)})"
+    if isinstance(out, str | bytes | Mapping) or not hasattr(out, "__len__"):
+        raise RewardFunctionError(
+            f"{who} returned a {type(out).__name__}; expected a list with one float or None per "
+            f"completion ({count})"
+        )
+    if len(out) != count:
+        first = offset + min(len(out), count)
+        raise RewardFunctionError(
+            f"{who} returned {len(out)} values for {count} completions; expected one float or "
+            f"None per completion (first unmatched: {_row(first, row_ids)})"
+        )
+    values: list[float | None] = []
+    for index, value in enumerate(out):
+        if value is not None and getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+            value = value.item()  # 0-d numpy array or torch tensor
+        if value is None:
+            values.append(None)
+        elif isinstance(value, numbers.Real) and not math.isinf(float(value)):
+            values.append(None if math.isnan(float(value)) else float(value))
+        else:
+            raise RewardFunctionError(
+                f"{who} returned {value!r} ({type(value).__name__}) for "
+                f"{_row(offset + index, row_ids)}; expected a finite float or None"
+            )
+    return values
+
+
+def run_reward(
+    spec: RewardSpec,
+    prompts: Sequence[Any],
+    completions: Sequence[Any],
+    columns: Mapping[str, Sequence[Any]],
+    row_ids: Sequence[str] | None = None,
+) -> RewardOutcome:
+    """Call ``spec.fn`` on a batch with per-row isolation; see the module docstring."""
+    count = len(completions)
+    try:
+        out = spec.fn(list(prompts), list(completions), **{k: list(v) for k, v in columns.items()})
+    except Exception:  # retried row by row below, where the failing rows are found
+        pass
+    else:
+        return RewardOutcome(_checked(spec, out, count, row_ids))
+    values: list[float | None] = []
+    failures: list[tuple[int, BaseException]] = []
+    for i in range(count):
+        row_columns = {k: [v[i]] for k, v in columns.items()}
+        try:
+            out = spec.fn([prompts[i]], [completions[i]], **row_columns)
+        except Exception as err:  # the row abstains; the run goes on
+            values.append(None)
+            failures.append((i, err))
+            continue
+        values.extend(_checked(spec, out, 1, row_ids, offset=i))
+    if failures:
+        index, err = failures[0]
+        log.warning(
+            "reward function %r (%s) raised on %d of %d rows, which abstain; first: %s: %s: %s",
+            spec.name,
+            describe_function(spec.fn),
+            len(failures),
+            count,
+            _row(index, row_ids),
+            type(err).__name__,
+            err,
+        )
+    return RewardOutcome(values, len(failures))
+
+
+def load_reward_function(path: str) -> Any:
+    """The callable named by ``module:function`` or ``file.py:function``; one-line errors."""
+    module_name, sep, attr = path.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise TaskOptionError(
+            f"reward function {path!r}: expected 'package.module:function' or 'file.py:function'"
+        )
+    try:
+        if module_name.endswith(".py"):
+            file = Path(module_name)
+            if not file.is_file():
+                raise TaskOptionError(f"reward function {path!r}: no such file {file}")
+            name = f"tandemrl_user_rewards.{file.stem}"
+            spec = importlib.util.spec_from_file_location(name, file)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module  # dataclasses and pickling look the module up
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except TaskOptionError:
+        raise
+    except Exception as err:
+        raise TaskOptionError(
+            f"reward function {path!r}: importing {module_name} failed: {type(err).__name__}: {err}"
+        ) from err
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise TaskOptionError(f"reward function {path!r}: {module_name} has no function {attr!r}")
+    return fn
+
+
+def _normalize_text(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return " ".join(text.split()).strip(" .!?\"'`*")
+
+
+def exact_match(prompts: list, completions: list, answer: list, **_: Any) -> list[float | None]:
+    """1.0 when the answer (after ``Answer:``, else the whole reply) equals ``answer``.
+
+    Case, surrounding quotes and punctuation, and runs of spaces are ignored. A row whose
+    ``answer`` is None abstains.
+    """
+    out: list[float | None] = []
+    for completion, gold in zip(completions, answer, strict=True):
+        if gold is None:
+            out.append(None)
+            continue
+        text = completion_text(completion)
+        said = extract_text(text) or text
+        out.append(float(_normalize_text(said) == _normalize_text(str(gold))))
+    return out
+
+
+def numeric_match(prompts: list, completions: list, answer: list, **_: Any) -> list[float | None]:
+    """1.0 when the number extracted from the completion equals ``answer`` as a number.
+
+    Extraction as in ``tandemrl.tasks.extraction.extract_number``; None answers abstain.
+    """
+    out: list[float | None] = []
+    for completion, gold in zip(completions, answer, strict=True):
+        if gold is None:
+            out.append(None)
+            continue
+        said = extract_number(completion_text(completion))
+        out.append(float(said is not None and numbers_equal(said, gold)))
+    return out
