@@ -6,11 +6,13 @@ CPU, so we use `generate` and spend our effort on not recomputing what it alread
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from tandemrl.models.adapters import mixed_adapter_rows
 from tandemrl.rollout.batch import RolloutBatch
 
 
@@ -52,11 +54,15 @@ def generate(
     sampling: SamplingConfig,
     seed: int | None = None,
     batch_size: int | None = None,
+    adapter_names: list[str] | None = None,
 ) -> RolloutBatch:
     """Sample `num_samples` responses per prompt. Row i*num_samples+j is sample j of prompt i.
 
     `seed` makes the draw reproducible (the global torch RNG is forked, not disturbed).
     `batch_size` caps how many sequences are decoded at once (memory).
+    `adapter_names` (one per row, peft models only) samples each row from its own adapter in
+    one batched decode over the shared base ("__base__" = none; see
+    `models.adapters.mixed_adapter_rows`: order rows by adapter for the fast path).
     """
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)
     prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)
@@ -73,6 +79,8 @@ def generate(
         pad_token_id=tokenizer.pad_token_id,
     )
     total = prompt_ids.shape[0]
+    if adapter_names is not None and len(adapter_names) != total:
+        raise ValueError(f"adapter_names has {len(adapter_names)} entries for {total} rows")
     step = batch_size or total
     chunks = []
     was_training = model.training
@@ -82,11 +90,16 @@ def generate(
             torch.manual_seed(seed)
         for start in range(0, total, step):
             ids = prompt_ids[start : start + step]
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=prompt_mask[start : start + step],
-                generation_config=gen_cfg,
-            )
+            rows, extra = contextlib.nullcontext(), {}
+            if adapter_names is not None:
+                rows, extra = mixed_adapter_rows(model, list(adapter_names[start : start + step]))
+            with rows:
+                out = model.generate(
+                    input_ids=ids,
+                    attention_mask=prompt_mask[start : start + step],
+                    generation_config=gen_cfg,
+                    **extra,
+                )
             chunks.append(out[:, ids.shape[1] :])
     model.train(was_training)
     width = max(c.shape[1] for c in chunks)

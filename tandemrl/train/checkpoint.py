@@ -59,11 +59,33 @@ def rng_state() -> dict[str, Any]:
     }
 
 
-def load_policy_weights(model: nn.Module, checkpoint: Path) -> nn.Module:
-    """Apply a checkpoint's policy to a freshly loaded base `model` (adapter or full weights)."""
+def policy_adapters(checkpoint: Path) -> list[str]:
+    """Names of the adapters a multi-adapter checkpoint holds (peft saves each adapter but
+    "default" in a subfolder of policy/, e.g. DuPO's explore/ and exploit/); [] otherwise."""
+    policy_dir = Path(checkpoint) / "policy"
+    if not policy_dir.is_dir() or (policy_dir / "adapter_config.json").is_file():
+        return []
+    return sorted(p.name for p in policy_dir.iterdir() if (p / "adapter_config.json").is_file())
+
+
+def load_policy_weights(model: nn.Module, checkpoint: Path, policy: str | None = None) -> nn.Module:
+    """Apply a checkpoint's policy to a freshly loaded base `model` (adapter or full weights).
+
+    `policy` names one adapter of a multi-adapter checkpoint (see `policy_adapters`); it must
+    be None for a single-policy checkpoint.
+    """
     policy_dir = checkpoint / "policy"
     if not policy_dir.is_dir():
         raise FileNotFoundError(f"{checkpoint} has no policy/ folder: not a tandemrl checkpoint")
+    names = policy_adapters(checkpoint)
+    if names:
+        if policy not in names:
+            raise ValueError(f"checkpoint {checkpoint} holds policies {names}; got policy={policy}")
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, policy_dir / policy)
+    if policy is not None:
+        raise ValueError(f"checkpoint {checkpoint} holds a single policy: policy= does not apply")
     if (policy_dir / "adapter_config.json").is_file():
         from peft import PeftModel
 

@@ -1,4 +1,5 @@
-"""`tandem eval`: evaluate a base model or a checkpoint on a task's held-out split."""
+"""`tandem eval`: evaluate a base model or a checkpoint on a task's held-out split;
+`tandem export`: write a checkpoint's policy as a Hugging Face adapter or merged model."""
 
 from __future__ import annotations
 
@@ -8,24 +9,48 @@ from typing import Any
 
 from tandemrl.models import load_model
 from tandemrl.tasks import get_task
-from tandemrl.train.checkpoint import load_policy_weights
+from tandemrl.train.checkpoint import load_policy_weights, policy_adapters
 from tandemrl.train.config import TrainConfig
 from tandemrl.train.config_parse import ConfigError
 from tandemrl.train.evaluate import evaluate, summary_line
 from tandemrl.train.trainer import log
 
 
-def run_eval(cfg: TrainConfig, checkpoint: str | None = None) -> dict[str, Any]:
+def resolve_policy(cfg: TrainConfig, checkpoint: str | None, policy: str | None) -> str | None:
+    """Which adapter of `checkpoint` to use: `policy`, else the method's served one (DuPO:
+    exploit). None for single-policy checkpoints; a ConfigError when the choice is invalid."""
+    if not checkpoint:
+        if policy:
+            raise ConfigError("policy= selects an adapter of a checkpoint: add checkpoint=DIR")
+        return None
+    path = Path(checkpoint)
+    if not (path / "policy").is_dir():
+        raise ConfigError(
+            f"checkpoint {checkpoint!r} has no policy/ folder (expected <run>/checkpoints/step-N)"
+        )
+    names = policy_adapters(path)
+    if not names:
+        if policy:
+            raise ConfigError(f"checkpoint {checkpoint!r} holds one policy; drop policy={policy}")
+        return None
+    if policy is None:
+        from tandemrl.methods import get_method_class
+
+        policy = getattr(get_method_class(cfg.method), "default_policy", None)
+    if policy not in names:
+        raise ConfigError(f"checkpoint {checkpoint!r} has policies {names}; got policy={policy}")
+    return policy
+
+
+def run_eval(
+    cfg: TrainConfig, checkpoint: str | None = None, policy: str | None = None
+) -> dict[str, Any]:
     task = get_task(cfg.task, **cfg.task_options)
+    policy = resolve_policy(cfg, checkpoint, policy)
     loaded = load_model(cfg.model, cfg.dtype)
     model = loaded.model
     if checkpoint:
-        path = Path(checkpoint)
-        if not (path / "policy").is_dir():
-            raise ConfigError(
-                f"checkpoint {checkpoint!r} has no policy/ folder (expected <run>/checkpoints/step-N)"
-            )
-        model = load_policy_weights(model, path)
+        model = load_policy_weights(model, Path(checkpoint), policy)
     examples = list(task.eval_examples())[: cfg.eval.size]
     result = evaluate(
         model,
@@ -40,6 +65,7 @@ def run_eval(cfg: TrainConfig, checkpoint: str | None = None) -> dict[str, Any]:
         progress=cfg.log.progress,
     )
     result["checkpoint"] = checkpoint
+    result["policy"] = policy
     result["model"] = cfg.model
     log(f"held-out: {summary_line(result)}")
     for rec in result["examples"][: cfg.eval.show_examples]:
@@ -48,5 +74,26 @@ def run_eval(cfg: TrainConfig, checkpoint: str | None = None) -> dict[str, Any]:
         )
     out_dir = Path(checkpoint) if checkpoint else Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    name = f"eval-{policy}.json" if policy else "eval.json"
+    (out_dir / name).write_text(json.dumps(result, indent=2))
     return result
+
+
+def run_export(
+    cfg: TrainConfig, checkpoint: str, out: str, policy: str | None = None, merged: bool = False
+) -> Path:
+    """Write `checkpoint`'s policy (one adapter of a multi-adapter one) to `out` in Hugging
+    Face format with the tokenizer: the peft adapter (load with PeftModel.from_pretrained on
+    the base), or with `merged` the base with the adapter folded in (AutoModelForCausalLM)."""
+    policy = resolve_policy(cfg, checkpoint, policy)
+    loaded = load_model(cfg.model, cfg.dtype)
+    model = load_policy_weights(loaded.model, Path(checkpoint), policy)
+    if merged and hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    target = Path(out)
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(target)
+    loaded.tokenizer.save_pretrained(target)
+    kind = "merged model" if merged else "adapter" if hasattr(model, "peft_config") else "model"
+    log(f"exported {kind} of {checkpoint} (policy {policy or 'the only one'}) to {target}")
+    return target
