@@ -29,6 +29,7 @@ def plot_policies(
 
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
     for ax, (key, title) in zip(axes.flat, PANELS, strict=True):
@@ -45,6 +46,7 @@ def plot_policies(
         ax.grid(alpha=0.3)
     for ax in axes[-1]:
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.flat[0].legend()
     fig.tight_layout()
     path = Path(path)
