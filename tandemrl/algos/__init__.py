@@ -59,7 +59,14 @@ from tandemrl.algos.losses import (
     clipped_policy_loss,
     positive_share,
 )
-from tandemrl.algos.preference import dpo_loss, ipo_loss, rpo_sft_term
+from tandemrl.algos.preference import (
+    PreferencePairs,
+    best_worst_pairs,
+    dpo_loss,
+    ipo_loss,
+    rpo_sft_term,
+    sequence_logps,
+)
 from tandemrl.algos.registry import Registry, UnknownNameError
 from tandemrl.algos.shaping import (
     PerplexityQueue,
@@ -76,6 +83,7 @@ from tandemrl.algos.token_shaping import (
     policy_split_token_advantages,
 )
 from tandemrl.algos.types import AdvantageResult, LossResult
+from tandemrl.algos.value import clipped_value_loss, explained_variance
 
 __all__ = [
     "ADVANTAGES",
@@ -87,6 +95,7 @@ __all__ = [
     "LossNormalizer",
     "LossResult",
     "PerplexityQueue",
+    "PreferencePairs",
     "Registry",
     "ThresholdResult",
     "UnknownNameError",
@@ -94,7 +103,9 @@ __all__ = [
     "aggregate",
     "bapo_clip_bounds",
     "bapo_policy_loss",
+    "best_worst_pairs",
     "clipped_policy_loss",
+    "clipped_value_loss",
     "cross_policy_reward",
     "d3s_sample_select",
     "d3s_schedule",
@@ -105,6 +116,7 @@ __all__ = [
     "dpo_loss",
     "entropy_bonus",
     "entropy_from_logits",
+    "explained_variance",
     "gae",
     "gd2po_advantages",
     "gdpo_advantages",
@@ -127,6 +139,7 @@ __all__ = [
     "reward_progress",
     "rloo_advantages",
     "rpo_sft_term",
+    "sequence_logps",
     "sequence_perplexity",
     "share_candidates",
     "share_gradients",

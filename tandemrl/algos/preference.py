@@ -1,4 +1,5 @@
-"""Preference losses over (chosen, rejected) pairs: DPO, IPO and RPO's SFT term.
+"""Preference losses over (chosen, rejected) pairs: DPO, IPO and RPO's SFT term; building
+pairs from a group of scored samples (online DPO/IPO) and sequence log-probs.
 
 Inputs are per-pair sequence log-probabilities [B] (sum of token log-probs of the response;
 IPO is often used with the per-token mean instead, the caller decides). ``num_pairs`` is the
@@ -8,9 +9,13 @@ losses sum correctly over accumulation steps just like ``aggregate``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tandemrl.algos._groups import group_index
 from tandemrl.algos.types import LossResult
 
 
@@ -100,4 +105,68 @@ def ipo_loss(
     return LossResult(loss, metrics)
 
 
-__all__ = ["dpo_loss", "ipo_loss", "rpo_sft_term"]
+@dataclass
+class PreferencePairs:
+    """Pairs built from scored samples: row indices into the batch, one pair per group.
+
+    chosen/rejected: LongTensor [P]; groups: groups seen; skipped: groups that gave no pair
+    (fewer than two scored samples, or no reward gap above ``min_gap``).
+    """
+
+    chosen: Tensor
+    rejected: Tensor
+    groups: int
+    skipped: int
+
+
+def best_worst_pairs(rewards: Tensor, group_ids: Tensor, min_gap: float = 0.0) -> PreferencePairs:
+    """One (chosen, rejected) pair per group from the policy's own samples: the highest- vs the
+    lowest-rewarded response (online / iterative DPO as in Xu et al., arXiv 2312.16682, and
+    Guo et al., arXiv 2402.04792, with the task reward as the judge).
+
+    A group is skipped when fewer than two of its rewards are valid (NaN = abstain) or when
+    max r - min r <= ``min_gap`` (0: skip only exact ties): equal rewards say nothing about
+    which response is better. Ties for best/worst go to the lowest row index, so the pairs are
+    deterministic. Pairs are returned in increasing group-id order.
+    """
+    if rewards.dim() != 1 or rewards.shape != group_ids.shape:
+        raise ValueError("rewards and group_ids must both be [B]")
+    inverse, num_groups = group_index(group_ids)
+    r = rewards.float()
+    rows = torch.arange(r.numel())
+    chosen, rejected = [], []
+    for g in range(num_groups):
+        members = rows[(inverse == g) & ~torch.isnan(r)]
+        if members.numel() < 2:
+            continue
+        vals = r[members]
+        # argmax/argmin on CPU return the first occurrence of the extreme value.
+        best, worst = members[int(torch.argmax(vals))], members[int(torch.argmin(vals))]
+        if float(r[best] - r[worst]) <= min_gap:
+            continue
+        chosen.append(int(best))
+        rejected.append(int(worst))
+    return PreferencePairs(
+        torch.tensor(chosen, dtype=torch.long),
+        torch.tensor(rejected, dtype=torch.long),
+        num_groups,
+        num_groups - len(chosen),
+    )
+
+
+def sequence_logps(token_logp: Tensor, mask: Tensor, average: bool = False) -> Tensor:
+    """Sequence log-probability [B] from per-token log-probs [B, T]: sum_t m_t log pi(y_t), or
+    with ``average`` the per-token mean (IPO as TRL runs it, and length-normalised DPO)."""
+    m = mask.to(token_logp.dtype)
+    total = (token_logp * m).sum(-1)
+    return total / m.sum(-1).clamp(min=1) if average else total
+
+
+__all__ = [
+    "PreferencePairs",
+    "best_worst_pairs",
+    "dpo_loss",
+    "ipo_loss",
+    "rpo_sft_term",
+    "sequence_logps",
+]
