@@ -92,7 +92,7 @@ class GRPO(Method):
             [ex.messages for ex in examples],
             rc.rollout.group_size,
             self.sampling,
-            seed=rc.seed * 1_000_003 + step,
+            seed=self.rollout_seed(step),
             batch_size=rc.rollout.generation_batch_size,
         )
 
@@ -123,8 +123,13 @@ class GRPO(Method):
         return {**result.metrics, "advantage/kept_frac": keep.float().mean().item()}
 
     def loss(self, micro: RolloutBatch, normalizer: LossNormalizer):
-        cfg = self.cfg
         scores = score_tokens(self.policy, micro, self.sampling.temperature, with_entropy=True)
+        return self.loss_from_scores(micro, scores, normalizer)
+
+    def loss_from_scores(self, micro: RolloutBatch, scores, normalizer: LossNormalizer):
+        """GRPO's loss terms on an already computed forward (`scores`), so that a method
+        adding its own terms (DiPO's reallocated-reward term) reuses the same forward."""
+        cfg = self.cfg
         mask = micro.train_mask
         # One update per batch: the behaviour policy is the current one, so the ratio is
         # exactly 1 in value but still carries the gradient of log π.
