@@ -16,6 +16,8 @@ from tandemrl.models import LoadedModel, apply_lora
 from tandemrl.rollout import RolloutBatch
 from tandemrl.tasks import Example, Task
 from tandemrl.tasks.rewards import run_reward
+from tandemrl.train import distributed as dist
+from tandemrl.train.signals import commit
 
 
 @dataclass
@@ -70,17 +72,30 @@ class Method:
         """The model that `tandem eval` and before/after evaluation should sample from."""
         return self.policy
 
+    def rollout_seed(self, step: int) -> int:
+        """Seed of step `step`'s sampling: fixed by (seed, step) so a resumed run draws what
+        the uninterrupted run drew; offset per rank so ranks draw independent streams."""
+        return self.run.config.seed * 1_000_003 + step + dist.rank() * 7_919_000_003
+
     # -- checkpointing --------------------------------------------------------------------
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in self.policy.named_parameters() if p.requires_grad}
 
     def state_dict(self) -> dict[str, Any]:
+        """Everything besides the policy weights that a resumed run needs to continue exactly.
+
+        The hook every method extends: override, call `super().state_dict()` and add your own
+        keys (queues, histories, controllers, extra optimizers; anything `torch.save` takes);
+        `load_state_dict` receives the same dict back. The trainer saves it in each checkpoint
+        with the weights, the RNG states and the data position.
+        """
         return {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned (after the policy weights are loaded)."""
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
@@ -174,9 +189,13 @@ def accumulate_and_step(
 
     The normaliser is computed once over the whole batch and handed to every microbatch, so
     the summed microbatch losses equal the full-batch loss exactly (`token-mean` divides by
-    the batch's total token count, not each microbatch's).
+    the batch's total token count, not each microbatch's). Under torch.distributed the counts
+    are summed over ranks and the gradients all-reduced with SUM before clipping (see
+    `tandemrl.train.distributed`): the update equals one process's on the global batch, and
+    `loss` is this rank's share of it. A non-finite loss or gradient on any rank skips the
+    update on every rank (`update_skipped` = 1; the schedule still advances).
     """
-    normalizer = LossNormalizer.from_masks(batch.train_mask)
+    normalizer = dist.global_normalizer(batch.train_mask)
     model.train()
     optimizer.zero_grad(set_to_none=True)
     totals: dict[str, float] = {}
@@ -191,16 +210,17 @@ def accumulate_and_step(
         for key, value in metrics.items():
             totals[key] = totals.get(key, 0.0) + value * share
     params = [p for p in model.parameters() if p.requires_grad]
+    dist.all_reduce_gradients(params)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     out = {k: v / max(weights, 1.0) for k, v in totals.items()}
     out["loss"] = loss_sum
     out["grad_norm"] = grad_norm.item()
-    if torch.isfinite(grad_norm) and math.isfinite(loss_sum):
-        optimizer.step()
-        out["update_skipped"] = 0.0
-    else:
-        out["update_skipped"] = 1.0
-    scheduler.step()
+    skip = not torch.isfinite(grad_norm) or dist.any_rank(not math.isfinite(loss_sum))
+    with commit():  # a Ctrl-C here waits: optimizer and schedule move together or not at all
+        if not skip:
+            optimizer.step()
+        scheduler.step()
+    out["update_skipped"] = float(skip)
     optimizer.zero_grad(set_to_none=True)
     out["lr"] = scheduler.get_last_lr()[0]
     return out

@@ -60,7 +60,9 @@ from tandemrl.models import LoadedModel
 from tandemrl.models.adapters import activate_adapter, adapter_parameters, apply_lora_adapters
 from tandemrl.rollout import RolloutBatch, SamplingConfig, generate
 from tandemrl.tasks import Example
+from tandemrl.train import distributed as dist
 from tandemrl.train.config_parse import ConfigError
+from tandemrl.train.signals import commit
 
 EXPLORE, EXPLOIT = "explore", "exploit"
 POLICIES = (EXPLORE, EXPLOIT)
@@ -198,7 +200,7 @@ class DuPO(DualAdapterUpdates, Method):
             [examples[i].messages for i, _ in order],
             1,
             self.sampling,
-            seed=rc.seed * 1_000_003 + step,
+            seed=self.rollout_seed(step),
             batch_size=rc.rollout.generation_batch_size,
             adapter_names=[name for _, name in order],
         )
@@ -311,13 +313,14 @@ class DuPO(DualAdapterUpdates, Method):
                 logp[p][rows[need]], entropy[p][rows[need]] = frozen["logp"], frozen["entropy"]
         if len(active) == 2 and cfg.gradient_sharing:
             self.share_adapter_gradients(EXPLORE, EXPLOIT, cfg.gradient_sharing)
-        for p in active:
-            self.record_reward(p, full, inter)
-        for p in POLICIES:
-            scale = self.lr_scale(p)
-            metrics.update({f"{p}/lr_scale": scale, f"{p}/updated": float(p in active)})
-            if p in active:
-                metrics.update({f"{p}/{k}": v for k, v in self.apply_update(p, scale).items()})
+        with commit():  # both adapters and the reward history change together or not at all
+            for p in active:
+                self.record_reward(p, full, inter)
+            for p in POLICIES:
+                scale = self.lr_scale(p)
+                metrics.update({f"{p}/lr_scale": scale, f"{p}/updated": float(p in active)})
+                if p in active:
+                    metrics.update({f"{p}/{k}": v for k, v in self.apply_update(p, scale).items()})
         activate_adapter(self.policy, EXPLOIT, trainable=False)
         t4 = time.perf_counter()
         metrics.update(step_metrics(full, inter, logp, entropy, batches, active, cfg))
@@ -326,7 +329,7 @@ class DuPO(DualAdapterUpdates, Method):
                         "time/logprob_s": t3 - t2, "time/update_s": t4 - t3})  # fmt: skip
         self.last_batches, self.last_full = batches, full
         self.history.append({"step": step + 1, **metrics})
-        if cfg.plot and step + 1 == self.run.config.steps:
+        if cfg.plot and step + 1 == self.run.config.steps and dist.is_main():
             path = Path(self.run.config.output_dir) / "dupo_policies.png"
             if err := write_plot(self.history, path, POLICIES):
                 print(f"[tandemrl] warning: {err}", file=sys.stderr, flush=True)
@@ -337,8 +340,10 @@ class DuPO(DualAdapterUpdates, Method):
         own = inter["explore"] if policy == EXPLORE else ~inter["explore"]
         r = full.rewards[own]
         r = r[~torch.isnan(r)]
-        if r.numel():
-            self.reward_history[policy].append(r.mean().item())
+        # Over all ranks: every rank must compute the same lr scale.
+        total, count = dist.all_reduce_sum([r.sum().item(), r.numel()])
+        if count:
+            self.reward_history[policy].append(total / count)
 
     def lr_scale(self, policy: str) -> float:
         """lr multiplier from both policies' recent progress (algos.dual.adaptive_lr_scale).

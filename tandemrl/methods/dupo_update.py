@@ -25,6 +25,7 @@ from tandemrl.algos import (
 from tandemrl.models import reference_mode
 from tandemrl.models.adapters import activate_adapter, adapter_parameters
 from tandemrl.rollout import RolloutBatch, score_tokens
+from tandemrl.train import distributed as dist
 
 
 def release_freed_memory() -> None:
@@ -100,14 +101,15 @@ class DualAdapterUpdates:
     def accumulate(self, policy: str, batch: RolloutBatch) -> dict[str, Any]:
         """Forward/backward of `policy`'s loss over microbatches; no optimizer step yet.
 
-        Each term's normaliser is taken over the whole batch, so microbatch losses sum to the
-        full-batch loss (as `methods.base.accumulate_and_step` does for one policy).
+        Each term's normaliser is taken over the whole batch (and all ranks), so microbatch
+        losses sum to the full-batch loss (as `methods.base.accumulate_and_step` does for one
+        policy); under torch.distributed the adapter's gradients are then summed over ranks.
         """
         ex = batch.extras
-        norms = {
-            "pg": LossNormalizer.from_masks(batch.train_mask),
-            "kl": LossNormalizer.from_masks(ex["kl_mask"]),
-            "distill": LossNormalizer.from_masks(ex["distill_mask"]),
+        norms: dict[str, LossNormalizer] = {
+            "pg": dist.global_normalizer(batch.train_mask),
+            "kl": dist.global_normalizer(ex["kl_mask"]),
+            "distill": dist.global_normalizer(ex["distill_mask"]),
         }
         activate_adapter(self.policy, policy, trainable=True)
         self.policy.train()
@@ -125,6 +127,7 @@ class DualAdapterUpdates:
             logps.append(scores.logp.detach())
             ents.append(scores.entropy)
             is_weights.append(weights)
+        dist.all_reduce_gradients(adapter_parameters(self.policy, policy).values())
         self.policy.eval()
         release_freed_memory()
         metrics = {k: v / max(weight, 1.0) for k, v in totals.items()}
