@@ -1,12 +1,13 @@
 """`tandem`: the command line.
 
     tandem train [CONFIG.yaml] [key=value ...]     train (defaults: GRPO, smollm2-135m, arith2)
-    tandem eval  [CONFIG.yaml] [checkpoint=DIR] [policy=NAME] [key=value ...]
+    tandem eval  [CONFIG.yaml] [checkpoint=DIR] [policy=NAME] [mode=NAME] [key=value ...]
     tandem export checkpoint=DIR out=DIR [policy=NAME] [merged=true]
     tandem tasks [--all] [NAME ...]                list tasks with sizes, metrics, a prompt
 
 `policy=` picks one adapter of a multi-adapter checkpoint (DuPO: explore or exploit; the
-default is the method's served policy, exploit).
+default is the method's served policy, exploit). `mode=` picks a prompt mode of the same
+weights (Policy Split: normal, the default, or high_entropy).
 
 Errors in what the user asked for (config keys, names, paths) print one line and exit 2.
 """
@@ -80,9 +81,9 @@ def cmd_eval(args: list[str]) -> int:
     from tandemrl.train import load_config
     from tandemrl.train.eval_cli import run_eval
 
-    special, config, rest = _checkpoint_args(args, ("checkpoint", "policy"))
+    special, config, rest = _checkpoint_args(args, ("checkpoint", "policy", "mode"))
     cfg = load_config(config, rest)
-    result = run_eval(cfg, special.get("checkpoint"), special.get("policy"))
+    result = run_eval(cfg, special.get("checkpoint"), special.get("policy"), special.get("mode"))
     print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
     return 0
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -42,16 +43,43 @@ def resolve_policy(cfg: TrainConfig, checkpoint: str | None, policy: str | None)
     return policy
 
 
+def check_mode(cfg: TrainConfig, mode: str | None) -> None:
+    """`mode=` names a prompt mode of the method (Policy Split: normal, high_entropy); methods
+    with modes declare `eval_modes` and `eval_prompt_transform(config, tokenizer, mode)`."""
+    if mode is None:
+        return
+    from tandemrl.methods import get_method_class
+
+    modes = getattr(get_method_class(cfg.method), "eval_modes", ())
+    if not modes:
+        raise ConfigError(
+            f"mode= selects a prompt mode; method {cfg.method} has none (policy_split has "
+            "normal and high_entropy: add method=policy_split or a policy_split checkpoint)"
+        )
+    if mode not in modes:
+        raise ConfigError(f"method {cfg.method} has modes {', '.join(modes)}; got mode={mode}")
+
+
 def run_eval(
-    cfg: TrainConfig, checkpoint: str | None = None, policy: str | None = None
+    cfg: TrainConfig,
+    checkpoint: str | None = None,
+    policy: str | None = None,
+    mode: str | None = None,
 ) -> dict[str, Any]:
     task = get_task(cfg.task, **cfg.task_options)
     policy = resolve_policy(cfg, checkpoint, policy)
+    check_mode(cfg, mode)
     loaded = load_model(cfg.model, cfg.dtype)
     model = loaded.model
     if checkpoint:
         model = load_policy_weights(model, Path(checkpoint), policy)
     examples = list(task.eval_examples())[: cfg.eval.size]
+    if mode is not None:
+        from tandemrl.methods import get_method_class
+
+        method_cls = get_method_class(cfg.method)
+        transform = method_cls.eval_prompt_transform(cfg, loaded.tokenizer, mode)
+        examples = [dataclasses.replace(ex, messages=transform(ex.messages)) for ex in examples]
     result = evaluate(
         model,
         loaded.tokenizer,
@@ -66,6 +94,7 @@ def run_eval(
     )
     result["checkpoint"] = checkpoint
     result["policy"] = policy
+    result["mode"] = mode
     result["model"] = cfg.model
     log(f"held-out: {summary_line(result)}")
     for rec in result["examples"][: cfg.eval.show_examples]:
@@ -74,7 +103,7 @@ def run_eval(
         )
     out_dir = Path(checkpoint) if checkpoint else Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = f"eval-{policy}.json" if policy else "eval.json"
+    name = "-".join(["eval", *(x for x in (policy, mode) if x)]) + ".json"
     (out_dir / name).write_text(json.dumps(result, indent=2))
     return result
 

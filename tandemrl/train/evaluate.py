@@ -11,6 +11,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tandemrl.rollout import SamplingConfig, generate
 from tandemrl.tasks import Example, Task
+from tandemrl.train.diversity import sample_diversity
 
 
 def evaluate(
@@ -33,6 +34,8 @@ def evaluate(
     pass@k: share of examples with at least one correct completion among k samples at
     `pass_temperature` (n = k, so this is the plain estimator, not the unbiased n > k one).
     sampled_accuracy: mean `correct` over those k samples (an estimate of pass@1 when sampling).
+    diversity/*: distinct answers, distinct-1/2 and self-BLEU of those k samples per example
+    (tandemrl.train.diversity).
     """
     examples = list(examples)
     greedy = _complete(
@@ -77,6 +80,7 @@ def evaluate(
             correct_total += sum(correct)
         result[f"pass@{pass_k}"] = hits / n
         result["sampled_accuracy"] = correct_total / (n * pass_k)
+        result.update(sample_diversity(sampled, pass_k, tokenizer))
     result["examples"] = records
     return result
 
