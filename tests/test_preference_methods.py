@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from tandemrl.models import load_model
 from tandemrl.tasks import RewardSpec, get_task
 from tandemrl.train import ConfigError, load_config
 
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "prefs_arith2.jsonl"
 SMALL = ["model=tiny", "task=toy_letters", "rollout.prompts_per_step=2", "rollout.group_size=4",
          "rollout.max_new_tokens=6", "optim.micro_batch_size=4"]  # fmt: skip
 
@@ -177,6 +179,12 @@ def test_config_errors(overrides, message):
         load_config(None, ["method=dpo", *SMALL, *overrides])
 
 
+def test_the_shipped_example_file_loads():
+    rows = load_preference_jsonl(EXAMPLE)
+    assert len(rows) == 32
+    assert all(r.chosen != r.rejected and r.messages[0]["role"] == "user" for r in rows)
+
+
 def test_prompt_as_chat_messages(tmp_path):
     msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
     rows = load_preference_jsonl(
@@ -247,7 +255,7 @@ PAIR_METRICS = {"loss", "chosen_reward", "rejected_reward", "reward_margin", "ac
 def test_one_step_run_writes_the_documented_metrics(tmp_path, name, extra):
     out = tmp_path / "run"
     if extra is None:  # offline
-        extra = ["dpo.source=offline", f"dpo.data={_separable(tmp_path / 'p.jsonl')}"]
+        extra = ["dpo.source=offline", f"dpo.data={EXAMPLE}"]
     args = ["train", f"method={name}", *SMALL, *extra, "steps=1", f"output_dir={out}",
             "eval.size=2", "eval.pass_k=2", "log.progress=false"]  # fmt: skip
     assert main(args) == 0
