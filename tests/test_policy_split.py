@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import tests.toy_task  # noqa: F401  (registers the toy_letters task)
-from tandemrl.algos import LossNormalizer
+from tandemrl.algos import LossNormalizer, policy_split_token_advantages
 from tandemrl.cli import main
 from tandemrl.methods import RunContext, get_method_class
 from tandemrl.methods.base import score_rewards
@@ -117,6 +117,25 @@ def test_the_clamp_silences_the_entropy_term_when_the_advantage_is_zero():
     normal = (~high).unsqueeze(-1) & mask
     assert torch.equal(adv[normal], a[normal])
     assert (adv[~mask] == 0).all()
+
+
+def test_normal_eta_shapes_only_the_normal_mode_from_its_own_surprisal():
+    method, _, full, train = _prepared(["policy_split.eta=0", "policy_split.normal_eta=0.5"])
+    adv = _token_advantages(method, full, train)
+    mask = train.response_mask.bool()
+    high = train.extras["prompt_high"]
+    a = train.advantages.unsqueeze(-1).expand_as(adv)
+    hi = high.unsqueeze(-1) & mask
+    assert torch.equal(adv[hi], a[hi])  # eta = 0: the high-entropy mode is plain A_i
+    # the normal term uses the normal prompt's surprisal alone (alpha = 1)
+    part = train.select((~high).nonzero().squeeze(-1))
+    nlp = method.scored_logp["normal"][part.extras["row"]]
+    expected, _ = policy_split_token_advantages(
+        part.advantages, -nlp, torch.zeros_like(nlp), part.train_mask, part.group_ids,
+        alpha=1.0, eta=0.5, kappa=2.0,
+    )  # fmt: skip
+    torch.testing.assert_close(adv[~high], expected)
+    assert not torch.equal(adv[~high], a[~high])
 
 
 def test_with_eta_zero_the_gradient_is_grpo_on_the_pooled_group():
