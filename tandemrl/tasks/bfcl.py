@@ -17,8 +17,8 @@ Options (config ``task_options.<key>``):
 - ``style`` (``python``): the reply format the prompt asks for, ``python`` (``f(a=1)``) or
   ``json`` (``{"name": ..., "arguments": {...}}``). The parser accepts both either way.
 - ``few_shot`` (true): start the chat with one demonstration on a made-up function.
-- ``weights`` (``{format: 0.1, name: 0.2, args: 1.0, length: 0.0}``): reward weights; a reward
-  with weight 0 is left out of training. ``length_budget`` (200): see ``length``.
+- ``weights`` (``{format: 0.1, name: 0.2, args: 1.0, length: 0.0, exact: 0.0}``): reward
+  weights; a reward with weight 0 is left out of training. ``length_budget`` (200): see ``length``.
 - ``data_dir``: read BFCL-format files from this folder instead (same file layout).
 
 Prompt: a system message with the reply rule (after BFCL's own system text, where a question
@@ -35,6 +35,9 @@ Rewards (TRL-style functions in this module, usable on their own):
 - ``args``: share of parameters right under the possible-answer rules, best pairing of calls.
 - ``length``: 1 for a reply that is only the call(s), falling linearly to 0 with
   ``length_budget`` non-whitespace characters of other text.
+- ``exact``: 1 when the reply passes the check below (``exact_call``), else 0. Off by default;
+  with ``format`` and ``length`` it gives rewards that can disagree (a correct call wrapped in
+  prose vs a bare wrong call), the multi-reward setting of GDPO/GD²PO.
 
 Eval metrics: ``correct`` = ``exact_call`` (BFCL's AST check passes: the right number of calls,
 each with the right name and acceptable arguments), plus ``format``, ``name``, ``args``.
@@ -55,7 +58,14 @@ from tandemrl.tasks.base import Example, RewardSpec, Task, completion_text
 from tandemrl.tasks.function_calls import match_calls, parse_calls
 from tandemrl.tasks.registry import TaskOptionError, check_options, register_task
 
-__all__ = ["BfclTask", "args_reward", "format_reward", "length_reward", "name_reward"]
+__all__ = [
+    "BfclTask",
+    "args_reward",
+    "exact_reward",
+    "format_reward",
+    "length_reward",
+    "name_reward",
+]
 
 CATEGORIES = (
     "simple_python",
@@ -68,7 +78,7 @@ CATEGORIES = (
     "live_parallel_multiple",
 )
 ALIASES = {"simple": "simple_python"}
-DEFAULT_WEIGHTS = {"format": 0.1, "name": 0.2, "args": 1.0, "length": 0.0}
+DEFAULT_WEIGHTS = {"format": 0.1, "name": 0.2, "args": 1.0, "length": 0.0, "exact": 0.0}
 INSTALL_HINT = "pip install --no-deps bfcl-eval==2026.3.23"
 
 # A one-shot demonstration on a made-up function (not from BFCL): without it SmolLM2-135M
@@ -176,7 +186,18 @@ def length_reward(
     ]
 
 
+def exact_reward(
+    prompts: list, completions: list, functions: list, ground_truth: list, **_: Any
+) -> list[float | None]:
+    """1.0 when the calls pass BFCL's check (``exact_call`` of ``match_calls``), else 0.0."""
+    return [
+        match_calls(p.calls, f, g)["exact_call"]
+        for p, f, g in zip(_parsed(completions), functions, ground_truth, strict=True)
+    ]
+
+
 _REWARDS = {
+    "exact": exact_reward,
     "format": format_reward,
     "name": name_reward,
     "args": args_reward,

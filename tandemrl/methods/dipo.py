@@ -1,0 +1,191 @@
+"""DiPO: disentangled perplexity policy optimisation (arXiv 2604.13902; METHODS.md §3, a
+reconstruction: the primary text was not available, the choices below are documented).
+
+GRPO (or DAPO with `dipo.dynamic_sampling=true`, `clip_high=0.28`) plus a second term that
+recovers a signal from the groups GRPO learns nothing from (every answer right, or every
+answer wrong). One step:
+  1. rollout and rewards as in GRPO; sequence perplexity p_i = exp(mean token NLL) of every
+     response under the current policy (a no-grad forward; reused from `old_logp` if present);
+  2. push (p_i, 1[r_i >= success]) into a queue of the last `queue_batches` (2) batches, this
+     one included, and learn tau* = argmin_tau mean |c_i - 1[p_i < tau]| over the queue.
+     tau* is valid only if the low-perplexity side is mostly right and the high side mostly
+     wrong; when it is not, nothing is reallocated and `dipo/invalid_reason` says why;
+  3. reallocated rewards R_r, only on zero-variance groups: an all-wrong group in the
+     low-perplexity space (mean p < tau*) gets `explore_value` (1) on its highest-perplexity
+     response; an all-right group in the high-perplexity space gets `exploit_value` (0) on its
+     highest-perplexity response; every other group gets R_r = 0 (no signal);
+  4. objective J(R) + alpha J(R_r): the GRPO loss with A = est(R) plus alpha times the same
+     loss with A_r = est(R_r) (same estimator), both on one forward. A group dynamic sampling
+     drops from the main term still feeds the R_r term: the main term is normalised over the
+     kept rows (its dropped rows have A = 0 anyway), the R_r term over every answered row.
+
+With alpha = 0 the update is exactly GRPO's. Metrics: `dipo/threshold`, `dipo/valid`,
+`dipo/invalid_reason` (text, only when invalid), `dipo/threshold_error`, `dipo/explore_groups`,
+`dipo/exploit_groups`, `dipo/zero_var_groups` (all-equal groups this step), `dipo/used_groups`
+(zero-variance groups the R_r term used: signal GRPO would have wasted) and
+`dipo/used_groups_total` (since step 1), `dipo/ppl_mean`, `dipo/realloc_loss`. The queue and the
+running total are in `state_dict()`, so a resumed run continues with the same threshold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from tandemrl.algos import (
+    ADVANTAGES,
+    POLICY_LOSSES,
+    LossNormalizer,
+    PerplexityQueue,
+    dipo_reallocate,
+    sequence_perplexity,
+)
+from tandemrl.algos._groups import group_index, group_stats
+from tandemrl.methods import register_method
+from tandemrl.methods.grpo import GRPO, GRPOConfig
+from tandemrl.rollout import RolloutBatch, score_tokens
+from tandemrl.train.config_parse import ConfigError
+
+
+@dataclass
+class DiPOConfig(GRPOConfig):
+    alpha: float = 0.1  # weight of the reallocated-reward term J(theta, R_r)
+    queue_batches: int = 2  # batches of (perplexity, correctness) pairs the threshold sees
+    success: float = 0.5  # a reward >= success counts as right
+    space: Literal["mean", "all"] = "mean"  # group in a space: its mean ppl / all members
+    explore_value: float = 1.0  # R_r of the top-perplexity response of an all-wrong group
+    exploit_value: float = 0.0  # R_r of the top-perplexity response of an all-right group
+
+
+@register_method("dipo")
+class DiPO(GRPO):
+    Config = DiPOConfig
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        super().check_config(config)
+        cfg = config.method_config
+        if cfg.alpha < 0:
+            raise ConfigError(f"dipo.alpha must be >= 0 (0 = plain GRPO), got {cfg.alpha}")
+        if cfg.queue_batches < 1:
+            raise ConfigError(f"dipo.queue_batches must be >= 1, got {cfg.queue_batches}")
+        if config.rollout.group_size < 2:
+            raise ConfigError("dipo reallocates within groups: rollout.group_size must be >= 2")
+
+    def __init__(self, run):
+        super().__init__(run)
+        self.queue = PerplexityQueue(self.cfg.queue_batches)
+        self.used_total = 0
+        self._norms: tuple[LossNormalizer, LossNormalizer] | None = None
+        self._last_reason = "ok"
+
+    @torch.no_grad()
+    def perplexity(self, batch: RolloutBatch) -> torch.Tensor:
+        logp = batch.old_logp
+        if logp is None:
+            was_training = self.policy.training
+            self.policy.eval()
+            mb = self.run.config.optim.micro_batch_size
+            t = self.sampling.temperature
+            logp = torch.cat([score_tokens(self.policy, m, t).logp for m in batch.microbatches(mb)])
+            self.policy.train(was_training)
+        return sequence_perplexity(logp, batch.response_mask)
+
+    def compute_advantages(self, batch: RolloutBatch) -> dict[str, float]:
+        cfg = self.cfg
+        metrics = super().compute_advantages(batch)  # main term: A, and the kept rows' mask
+        main_mask = batch.train_mask
+        ppl = self.perplexity(batch)
+        hit = (batch.rewards >= cfg.success).float()
+        self.queue.push(ppl, torch.where(torch.isnan(batch.rewards), batch.rewards, hit))
+        thr = self.queue.threshold()
+        realloc, realloc_metrics = dipo_reallocate(
+            batch.rewards,
+            ppl,
+            batch.group_ids,
+            thr.threshold,
+            thr.valid,
+            space=cfg.space,
+            success=cfg.success,
+            correct_value=cfg.explore_value,
+            wrong_value=cfg.exploit_value,
+        )
+        estimator = ADVANTAGES.get(cfg.advantage)
+        realloc_adv = estimator(realloc, batch.group_ids, **cfg.advantage_options).advantages
+        answered = ~torch.isnan(batch.rewards)
+        realloc_mask = batch.response_mask * answered.unsqueeze(-1).to(main_mask.dtype)
+        batch.extras["dipo_advantages"] = realloc_adv
+        batch.extras["dipo_main_mask"] = main_mask
+        batch.loss_mask = torch.maximum(main_mask, realloc_mask)
+        self._norms = (
+            LossNormalizer.from_masks(main_mask),
+            LossNormalizer.from_masks(realloc_mask),
+        )
+
+        used = int(realloc_metrics["dipo/explore_groups"] + realloc_metrics["dipo/exploit_groups"])
+        self.used_total += used
+        metrics.update(realloc_metrics)
+        metrics.update(
+            {
+                "dipo/threshold_error": thr.error,
+                "dipo/zero_var_groups": float(_zero_var_groups(batch.rewards, batch.group_ids)),
+                "dipo/used_groups": float(used),
+                "dipo/used_groups_total": float(self.used_total),
+                "dipo/ppl_mean": ppl[~torch.isnan(ppl)].mean().item(),
+            }
+        )
+        if not thr.valid:
+            metrics["dipo/invalid_reason"] = thr.reason
+        if thr.reason != self._last_reason:  # say it when validity changes, not every step
+            state = "valid" if thr.valid else f"invalid ({thr.reason}): no reallocation"
+            print(f"tandem: dipo threshold {state}", file=sys.stderr, flush=True)
+            self._last_reason = thr.reason
+        return metrics
+
+    def loss(self, micro: RolloutBatch, normalizer: LossNormalizer):
+        cfg = self.cfg
+        main_norm, realloc_norm = self._norms or (normalizer, normalizer)
+        scores = score_tokens(self.policy, micro, self.sampling.temperature, with_entropy=True)
+        # The main term sees exactly GRPO's rows and normaliser (dynamic sampling included).
+        main = dataclasses.replace(micro, loss_mask=micro.extras.get("dipo_main_mask"))
+        total, metrics = self.loss_from_scores(main, scores, main_norm)
+        realloc_adv = micro.extras.get("dipo_advantages")
+        if cfg.alpha and realloc_adv is not None:
+            old_logp = micro.old_logp if micro.old_logp is not None else scores.logp.detach()
+            term = POLICY_LOSSES.get(cfg.loss)(
+                scores.logp,
+                old_logp,
+                realloc_adv,
+                micro.train_mask,
+                clip_low=cfg.clip_low,
+                clip_high=cfg.clip_high,
+                aggregation=cfg.aggregation,
+                normalizer=realloc_norm,
+            )
+            total = total + cfg.alpha * term.loss
+            metrics["dipo/realloc_loss"] = term.loss.item()
+        return total, metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "dipo_queue": self.queue.state_dict(),
+            "dipo_used_total": self.used_total,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if "dipo_queue" in state:
+            self.queue.load_state_dict(state["dipo_queue"])
+            self.used_total = int(state.get("dipo_used_total", 0))
+
+
+def _zero_var_groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> int:
+    inverse, num_groups = group_index(group_ids)
+    constant = group_stats(rewards.float(), group_ids).constant
+    flags = torch.zeros(num_groups, dtype=torch.bool).index_put_((inverse,), constant)
+    return int(flags.sum())
