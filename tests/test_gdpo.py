@@ -184,6 +184,7 @@ def test_multi_reward_stats_hand_computed():
         (["method=gd2po", "gd2po.multi_reward=sum"], "method=gdpo gdpo.multi_reward=sum"),
         (["method=gdpo", "rollout.group_size=1"], "group_size"),
         (["method=gd2po", "gd2po.batch_norm=false"], "gd2po.batch_norm"),
+        (["method=gdpo", "gdpo.kl_coef=0.1", "gdpo.kl_in=reward"], "gdpo.kl_in=loss"),
     ],
 )
 def test_bad_config_stops_early(overrides, fragment):

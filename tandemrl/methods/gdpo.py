@@ -64,7 +64,13 @@ class GDPO(GRPO):
                 f"{cls.name} normalises each reward within a group: rollout.group_size must be "
                 f">= 2, got {config.rollout.group_size}"
             )
-        if config.method_config.eps <= 0:
+        cfg = config.method_config
+        if cfg.multi_reward == "decoupled" and cfg.kl_coef > 0 and cfg.kl_in == "reward":
+            raise ConfigError(
+                f"{cls.name}.kl_in=reward would subtract the KL from the summed reward only, "
+                f"which {cls.name} does not train on; use {cls.name}.kl_in=loss"
+            )
+        if cfg.eps <= 0:
             raise ConfigError(f"{cls.name}.eps must be > 0, e.g. {cls.name}.eps=1e-6")
 
     def __init__(self, run):
