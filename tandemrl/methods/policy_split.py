@@ -59,6 +59,7 @@ from tandemrl.methods.policy_split_modes import (
     mode_metrics,
     mode_transform,
     pairings,
+    trim_left_padding,
 )
 from tandemrl.rollout import RolloutBatch, generate, score_tokens
 from tandemrl.tasks import Example
@@ -237,6 +238,7 @@ class PolicySplit(GRPO):
 
     def loss(self, micro: RolloutBatch, normalizer: LossNormalizer):
         cfg = self.cfg
+        micro = trim_left_padding(micro)
         scores = score_tokens(self.policy, micro, self.sampling.temperature, with_entropy=True)
         logp = scores.logp.detach()
         adv = self.micro_advantages(micro, scores)

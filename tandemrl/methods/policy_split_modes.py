@@ -28,10 +28,11 @@ from tandemrl.rollout import RolloutBatch
 NORMAL, HIGH_ENTROPY = "normal", "high_entropy"
 MODES = (NORMAL, HIGH_ENTROPY)
 
+# Short on purpose: every training row is scored under this prompt too, so its length is
+# paid in every update (56 tokens with SmolLM2's template vs 49 for the normal prompt).
 DEFAULT_HIGH_ENTROPY_PROMPT = (
-    "You are in exploration mode. Approach the problem in an unusual way, one that a typical "
-    "solver would not try first, and vary your wording and reasoning freely. Keep the final "
-    "answer exact and in the requested format."
+    "Explore: solve this in an unusual way, not the first approach you would try. "
+    "Keep the final answer exact."
 )
 
 Messages = list[dict[str, str]]
@@ -104,6 +105,17 @@ def pairings(
     both.extras["prompt_high"] = prompt_high
     both.extras["row"] = torch.tensor(order + order)
     return both
+
+
+def trim_left_padding(batch: RolloutBatch) -> RolloutBatch:
+    """Drop prompt columns that are padding in every row (prompts are left-padded to the
+    longest prompt of either mode; a microbatch of normal-mode prompts needs less)."""
+    used = batch.prompt_mask.bool().any(0).nonzero()
+    start = int(used[0]) if used.numel() else 0
+    if start:
+        batch.prompt_ids = batch.prompt_ids[:, start:]
+        batch.prompt_mask = batch.prompt_mask[:, start:]
+    return batch
 
 
 @dataclass
