@@ -28,9 +28,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from tandemrl.models import ModelLoadError
     from tandemrl.tasks import RewardFunctionError, TaskOptionError, UnknownTaskError
     from tandemrl.train import ConfigError
+    from tandemrl.train.checkpoint import CheckpointError
+    from tandemrl.train.trainer import TrainingError
 
     return (
         ConfigError,
+        CheckpointError,
+        TrainingError,
         RewardFunctionError,
         UnknownTaskError,
         TaskOptionError,

@@ -11,6 +11,22 @@ that one bad row never ends a run:
   abstains). Anything else is a bug in the function that no retry can fix, so it raises
   ``RewardFunctionError`` with one line naming the function, what was expected and got, and
   the row.
+- Each call runs under a time limit (``faults.reward_timeout_s``, 60 s by default; see
+  ``reward_limits``). A call that runs over is interrupted and its rows abstain like rows that
+  raise; after ``MAX_ROW_TIMEOUTS`` timed-out rows in one batch the rest of the batch abstains
+  without being called, so a function that hangs on everything costs a few time limits per
+  step, not one per row.
+- ``faults.reward_errors=raise`` turns isolation off: the first row that raises or times out
+  stops the run with a ``RewardFunctionError`` naming the function and the row.
+
+How the time limit works, and why: in the main thread (``tandem train``, ``torchrun``) a
+``SIGALRM`` timer raises ``RewardTimeout`` inside the function. That costs nothing per call and
+interrupts Python code (loops, ``time.sleep``, blocking I/O), but not a C extension that holds
+the GIL without checking for signals. The alternatives were worse: a thread cannot be killed
+(it only stops us waiting), and a fresh process per call costs far more than most reward
+functions (and needs picklable functions and data). Outside the main thread (a library user's
+worker thread) the call runs in a daemon thread that is abandoned when it runs over: the run
+goes on, the stuck thread is leaked.
 
 User functions are named in config by import path, ``package.module:function`` or
 ``path/to/file.py:function`` (``load_reward_function``), with TRL's signature::
@@ -23,14 +39,17 @@ column, for data that has one: ``rewards: [tandemrl.tasks.rewards:numeric_match]
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import logging
 import math
 import numbers
+import signal
 import sys
+import threading
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,9 +62,11 @@ from tandemrl.tasks.verify import numbers_equal
 __all__ = [
     "RewardFunctionError",
     "RewardOutcome",
+    "RewardTimeout",
     "exact_match",
     "load_reward_function",
     "numeric_match",
+    "reward_limits",
     "run_reward",
 ]
 
@@ -54,6 +75,63 @@ log = logging.getLogger("tandemrl.rewards")
 
 class RewardFunctionError(ValueError):
     """A reward function returned something unusable. ``str()`` is one line."""
+
+
+class RewardTimeout(BaseException):  # noqa: N818
+    """Raised inside a reward function that runs over its time limit. A BaseException, so a
+    function's own ``except Exception`` cannot swallow it."""
+
+
+MAX_ROW_TIMEOUTS = 3
+_LIMITS = {"timeout_s": 60.0, "on_error": "abstain"}
+
+
+@contextlib.contextmanager
+def reward_limits(timeout_s: float, on_error: str = "abstain") -> Iterator[None]:
+    """Time limit (seconds, 0 = none) and error policy (``abstain`` or ``raise``) for every
+    ``run_reward`` call inside the block; the trainer sets them from the ``faults`` config."""
+    if on_error not in ("abstain", "raise"):
+        raise ValueError(f"on_error must be 'abstain' or 'raise', got {on_error!r}")
+    saved = dict(_LIMITS)
+    _LIMITS.update(timeout_s=float(timeout_s), on_error=on_error)
+    try:
+        yield
+    finally:
+        _LIMITS.update(saved)
+
+
+def _call_with_limit(fn: Callable[[], Any], seconds: float) -> Any:
+    """``fn()``, raising ``RewardTimeout`` after ``seconds`` (see the module docstring)."""
+    if seconds <= 0:
+        return fn()
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
+
+        def on_alarm(signum: int, frame: Any) -> None:
+            raise RewardTimeout(f"timed out after {seconds:g} s")
+
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            return fn()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = fn()
+        except BaseException as err:  # handed to the caller's thread
+            result["error"] = err
+
+    worker = threading.Thread(target=target, daemon=True, name="tandemrl-reward")
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise RewardTimeout(f"timed out after {seconds:g} s (its thread is abandoned)")
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
 
 
 @dataclass(frozen=True)
@@ -114,22 +192,50 @@ def run_reward(
     completions: Sequence[Any],
     columns: Mapping[str, Sequence[Any]],
     row_ids: Sequence[str] | None = None,
+    *,
+    timeout_s: float | None = None,
+    on_error: str | None = None,
 ) -> RewardOutcome:
-    """Call ``spec.fn`` on a batch with per-row isolation; see the module docstring."""
+    """Call ``spec.fn`` on a batch with per-row isolation and a time limit; see the module
+    docstring. ``timeout_s``/``on_error`` default to the enclosing ``reward_limits``."""
     count = len(completions)
+    timeout_s = _LIMITS["timeout_s"] if timeout_s is None else timeout_s
+    on_error = _LIMITS["on_error"] if on_error is None else on_error
     try:
-        out = spec.fn(list(prompts), list(completions), **{k: list(v) for k, v in columns.items()})
-    except Exception:  # retried row by row below, where the failing rows are found
+        out = _call_with_limit(
+            lambda: spec.fn(
+                list(prompts), list(completions), **{k: list(v) for k, v in columns.items()}
+            ),
+            timeout_s,
+        )
+    except (Exception, RewardTimeout):  # retried row by row below, to find the failing rows
         pass
     else:
         return RewardOutcome(_checked(spec, out, count, row_ids))
     values: list[float | None] = []
     failures: list[tuple[int, BaseException]] = []
+    timeouts = 0
     for i in range(count):
+        if timeouts >= MAX_ROW_TIMEOUTS:  # treated as hung for the rest of this batch
+            values.append(None)
+            failures.append((i, RewardTimeout("not called: earlier rows timed out")))
+            continue
         row_columns = {k: [v[i]] for k, v in columns.items()}
         try:
-            out = spec.fn([prompts[i]], [completions[i]], **row_columns)
-        except Exception as err:  # the row abstains; the run goes on
+            out = _call_with_limit(
+                lambda i=i, row_columns=row_columns: spec.fn(
+                    [prompts[i]], [completions[i]], **row_columns
+                ),
+                timeout_s,
+            )
+        except (Exception, RewardTimeout) as err:  # the row abstains; the run goes on
+            if on_error == "raise":
+                raise RewardFunctionError(
+                    f"reward function {spec.name!r} ({describe_function(spec.fn)}) failed on "
+                    f"{_row(i, row_ids)}: {type(err).__name__}: {err} (faults.reward_errors="
+                    "raise; set it to abstain to skip such rows)"
+                ) from None
+            timeouts += isinstance(err, RewardTimeout)
             values.append(None)
             failures.append((i, err))
             continue

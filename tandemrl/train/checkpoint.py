@@ -1,12 +1,25 @@
-"""Checkpoints: the policy (LoRA adapter or full weights), optimizer/scheduler, data position
-and RNG states, written to a temp directory and renamed so a crash never leaves a half-written
-checkpoint that looks complete."""
+"""Checkpoints: the policy (LoRA adapters or full weights), the method's state (optimizer,
+scheduler and whatever the method adds: queues, histories, controllers), the data position
+and every RNG, written so that a crash never leaves a checkpoint that looks complete.
+
+Layout of `<run>/checkpoints/step-N/`: `policy/` (what `save_pretrained` writes: also what
+`tandem eval` and `tandem export` read), `trainer_state.pt`, then `manifest.json` (size and
+SHA-256 of every file above) and `COMPLETE`, written last. The folder is built under a temp
+name and renamed into place, so a reader sees all of it or none of it; a checkpoint whose
+manifest is missing or does not match its files (truncated copy, disk full, bit rot) is
+reported by `verify_checkpoint` and skipped by `find_resume_checkpoint`, which then falls back
+to the previous one. `save_checkpoint` keeps the newest `keep` valid checkpoints and never
+deletes the one it just wrote.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,47 +29,184 @@ import torch
 from torch import nn
 
 COMPLETE_MARKER = "COMPLETE"
+MANIFEST = "manifest.json"
+STATE_FILE = "trainer_state.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, partial or corrupt; the message names it and the reason."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def save_checkpoint(
     run_dir: Path, step: int, policy: nn.Module, state: dict[str, Any], keep: int
 ) -> Path:
-    root = run_dir / "checkpoints"
+    """Write `<run_dir>/checkpoints/step-<step>` atomically; prune to the newest `keep`."""
+    root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"step-{step:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:06d}-", dir=root))
     try:
         policy.save_pretrained(tmp / "policy")
-        torch.save({**state, "step": step, "rng": rng_state()}, tmp / "trainer_state.pt")
+        torch.save({**state, "step": step}, tmp / STATE_FILE)
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        manifest = {
+            "step": step,
+            "files": {
+                str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+                for p in files
+            },
+        }
+        for p in files:  # data on disk before the manifest that vouches for it
+            with p.open("rb") as handle:
+                os.fsync(handle.fileno())
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         (tmp / COMPLETE_MARKER).write_text(str(step))
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
+        _fsync_dir(root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    _prune(root, keep)
+    _prune(root, keep, target)
     return target
 
 
-def _prune(root: Path, keep: int) -> None:
-    done = sorted(p for p in root.glob("step-*") if (p / COMPLETE_MARKER).exists())
-    for old in done[: max(0, len(done) - keep)]:
-        shutil.rmtree(old, ignore_errors=True)
+def _step_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.glob("step-*") if p.is_dir())
+
+
+def _prune(root: Path, keep: int, just_written: Path) -> None:
+    """Delete valid checkpoints beyond the newest `keep` (the one just written always stays)
+    and temp folders of saves that a crash interrupted."""
+    for stale in root.glob(".step-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    valid = [p for p in _step_dirs(root) if (p / COMPLETE_MARKER).exists()]
+    for old in valid[: max(0, len(valid) - max(1, keep))]:
+        if old != just_written:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def verify_checkpoint(path: Path, *, hashes: bool = True) -> None:
+    """Raise `CheckpointError` unless `path` is a complete checkpoint whose files match its
+    manifest (sizes always, SHA-256 when `hashes`). Extra files (e.g. eval.json) are fine."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    manifest_file = path / MANIFEST
+    if not manifest_file.is_file() or not (path / COMPLETE_MARKER).is_file():
+        raise CheckpointError(f"checkpoint {path} is partial: no {MANIFEST}/{COMPLETE_MARKER}")
+    try:
+        manifest = json.loads(manifest_file.read_text())
+        files = manifest["files"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"checkpoint {path} has an unreadable {MANIFEST}: {err}") from None
+    if STATE_FILE not in files:
+        raise CheckpointError(f"checkpoint {path}: {MANIFEST} does not list {STATE_FILE}")
+    for name, meta in files.items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint {path} is corrupt: {name} is missing")
+        size = f.stat().st_size
+        if size != meta["size"]:
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt: {name} has {size} bytes, expected {meta['size']}"
+            )
+        if hashes and _sha256(f) != meta["sha256"]:
+            raise CheckpointError(f"checkpoint {path} is corrupt: {name} fails its SHA-256 check")
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    done = sorted(
-        p for p in (run_dir / "checkpoints").glob("step-*") if (p / COMPLETE_MARKER).exists()
-    )
+    """The newest checkpoint marked complete (not verified; see `find_resume_checkpoint`)."""
+    done = [p for p in _step_dirs(Path(run_dir) / "checkpoints") if (p / COMPLETE_MARKER).exists()]
     return done[-1] if done else None
 
 
+def find_resume_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint in `run_dir` that passes `verify_checkpoint`, warning on stderr
+    about each newer one that does not (it is left in place for inspection). None if none."""
+    for path in reversed(_step_dirs(Path(run_dir) / "checkpoints")):
+        try:
+            verify_checkpoint(path)
+        except CheckpointError as err:
+            print(f"[tandemrl] warning: {err}; falling back to an earlier one", file=sys.stderr)
+            continue
+        return path
+    return None
+
+
+def load_trainer_state(path: Path) -> dict[str, Any]:
+    """`trainer_state.pt` of a verified checkpoint (raises `CheckpointError` otherwise)."""
+    verify_checkpoint(path)
+    # Our own file (optimizer states hold plain Python objects too), hence weights_only=False.
+    return torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=False)
+
+
 def rng_state() -> dict[str, Any]:
-    return {
+    """Every global RNG a step can draw from: Python, NumPy, torch CPU (and CUDA if present).
+
+    Sampling itself uses a generator forked from a per-step seed (`rollout.generate`), so it
+    needs no state; dropout, shuffles and user code use these."""
+    state = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
     }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def restore_policy_weights(policy: nn.Module, checkpoint: Path) -> None:
+    """Copy a checkpoint's `policy/` into the live `policy` in place (so optimizers keep
+    pointing at the same tensors): every LoRA adapter of a peft model, or the full weights."""
+    from safetensors.torch import load_file
+
+    policy_dir = Path(checkpoint) / "policy"
+    if hasattr(policy, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        for name in policy.peft_config:
+            folder = policy_dir if name == "default" else policy_dir / name
+            weights = folder / "adapter_model.safetensors"
+            if not weights.is_file():
+                raise CheckpointError(f"checkpoint {checkpoint} has no weights for adapter {name}")
+            result = set_peft_model_state_dict(policy, load_file(weights), adapter_name=name)
+            unexpected = getattr(result, "unexpected_keys", [])
+            if unexpected:
+                raise CheckpointError(
+                    f"checkpoint {checkpoint} adapter {name} does not match: {unexpected[:3]}"
+                )
+        return
+    load_policy_weights(policy, Path(checkpoint))
 
 
 def policy_adapters(checkpoint: Path) -> list[str]:

@@ -64,6 +64,21 @@ class CheckpointConfig:
 
 
 @dataclass
+class FaultConfig:
+    """What a run does about bad numbers and bad reward functions (docs/resume_and_faults.md)."""
+
+    # Consecutive steps whose update was skipped (non-finite loss or gradient) before the run
+    # stops with an error; 0 = never stop.
+    max_nonfinite_steps: int = 3
+    # Time limit of one reward-function call in seconds (0 = none); a call that runs over
+    # raises inside the function, and its rows abstain like rows that raise.
+    reward_timeout_s: float = 60.0
+    # `abstain`: a row on which a reward raises or times out abstains and is counted;
+    # `raise`: the first such row stops the run, naming the function and the row.
+    reward_errors: Literal["abstain", "raise"] = "abstain"
+
+
+@dataclass
 class LogConfig:
     tensorboard: bool = True
     progress: bool = True
@@ -82,11 +97,15 @@ class TrainConfig:
     seed: int = 0
     output_dir: str = "runs/default"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # "" = start fresh; "auto" = continue the newest valid checkpoint in output_dir (fresh if
+    # none); a path = continue that checkpoint.
+    resume: str = ""
     lora: LoraConfig = field(default_factory=LoraConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
     log: LogConfig = field(default_factory=LogConfig)
     # The selected method's section (e.g. the `grpo:` mapping), typed by the method.
     method_config: Any = None
@@ -138,6 +157,10 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.optim.micro_batch_size >= 1, "optim.micro_batch_size must be >= 1"),
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (cfg.eval.pass_k >= 0, "eval.pass_k must be >= 0"),
+        (cfg.checkpoint.keep >= 1, "checkpoint.keep must be >= 1"),
+        (cfg.checkpoint.every >= 0, "checkpoint.every must be >= 0 (0 = only at the end)"),
+        (cfg.faults.max_nonfinite_steps >= 0, "faults.max_nonfinite_steps must be >= 0"),
+        (cfg.faults.reward_timeout_s >= 0, "faults.reward_timeout_s must be >= 0 (0 = none)"),
     ]
     for ok, message in checks:
         if not ok:

@@ -15,15 +15,28 @@ def peak_rss_mb() -> float:
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path, tensorboard: bool = True, append: bool = False):
+    def __init__(
+        self, run_dir: Path, tensorboard: bool = True, append: bool = False, after_step: int = 0
+    ):
+        """`after_step` > 0 (a resumed run): keep the records of steps up to it, drop later
+        ones (steps the interrupted run logged after its last checkpoint), and append."""
         self.path = run_dir / "metrics.jsonl"
+        if after_step and self.path.is_file():
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= after_step
+            ]
+            self.path.write_text("".join(line + "\n" for line in kept))
+            append = True
         self._file = self.path.open("a" if append else "w")
         self._tb = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+                purge = {"purge_step": after_step + 1} if after_step else {}
+                self._tb = SummaryWriter(str(run_dir / "tensorboard"), **purge)
             except ImportError:  # tensorboard is optional for library users
                 self._tb = None
 

@@ -7,9 +7,12 @@
   the trainer saves the state as of the last finished step and exits (130).
 
 An abandoned step must not leave half an update behind (one adapter stepped and not the
-other, an optimizer stepped without its scheduler). Methods wrap the part of a step that
-changes persistent state in `commit()`: an interrupt that lands inside it is held until the
-block ends, so the step is then either wholly applied or not applied at all.
+other, an optimizer stepped without its scheduler), nor an update whose step was never
+logged. Methods wrap the part of a step that changes persistent state in `commit()`; the
+trainer wraps each whole step (and its logging) in `step_scope()`. An interrupt before the
+first commit abandons the step at once (nothing persistent changed yet: the trainer saves
+the state as of the previous step); one that lands inside or after a commit is held until the
+step scope ends, so that step is finished, logged and saved.
 """
 
 from __future__ import annotations
@@ -21,25 +24,46 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-_commit = {"depth": 0, "pending": False}
+_state = {"depth": 0, "pending": False, "in_step": False, "committed": False}
+
+
+def _release() -> None:
+    if _state["pending"]:
+        _state["pending"] = False
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
 def commit() -> Iterator[None]:
-    """Hold interrupts (from `StopSignals`) until the block ends; nests."""
-    _commit["depth"] += 1
+    """Hold interrupts (from `StopSignals`) until the block ends, or inside a step scope
+    until the step ends; nests."""
+    _state["depth"] += 1
     try:
         yield
     finally:
-        _commit["depth"] -= 1
-        if _commit["depth"] == 0 and _commit["pending"]:
-            _commit["pending"] = False
-            raise KeyboardInterrupt
+        _state["depth"] -= 1
+        _state["committed"] = _state["in_step"]
+        if _state["depth"] == 0 and not _state["in_step"]:
+            _release()
+
+
+@contextlib.contextmanager
+def step_scope() -> Iterator[None]:
+    """One training step: after its first `commit()`, interrupts wait for the end of it."""
+    _state.update(in_step=True, committed=False)
+    try:
+        yield
+    except BaseException:
+        _state["pending"] = False  # the step failed anyway: its own error wins
+        raise
+    finally:
+        _state.update(in_step=False, committed=False)
+    _release()
 
 
 def _abandon() -> None:
-    if _commit["depth"]:
-        _commit["pending"] = True
+    if _state["depth"] or _state["committed"]:
+        _state["pending"] = True
         return
     raise KeyboardInterrupt
 
