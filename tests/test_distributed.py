@@ -38,8 +38,13 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def one_and_two_processes(tmp_path_factory):
-    batches = {name: dist_worker.global_batch(name) for name in dist_worker.CONFIGS}
-    single = {name: dist_worker.run_steps(name, b) for name, b in batches.items()}
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)  # module-scoped: runs before the autouse fixture
+    try:
+        batches = {name: dist_worker.global_batch(name) for name in dist_worker.CONFIGS}
+        single = {name: dist_worker.run_steps(name, b) for name, b in batches.items()}
+    finally:
+        torch.set_num_threads(saved)
     out = tmp_path_factory.mktemp("dist") / "rank0.pt"
     mp.spawn(dist_worker.rank_main, args=(2, _free_port(), batches, str(out)), nprocs=2, join=True)
     return single, torch.load(out, weights_only=False)
