@@ -95,6 +95,11 @@ def test_explained_variance_hand_computed():
     assert explained_variance(values, returns, mask) == pytest.approx(0.0)
     # constant returns leave nothing to explain
     assert math.isnan(explained_variance(values, torch.ones(1, 4), mask))
+    # all rewards 0: returns A + V are 0 up to round-off, still nothing to explain
+    v = torch.tensor([[0.1, 0.2, 0.3, 0.0]])
+    adv, noisy = gae(torch.zeros(1, 4), v, mask, gamma=1.0, lam=1.0)
+    assert math.isnan(explained_variance(v, noisy, mask))
+    assert math.isnan(explained_variance(v, torch.tensor([[1e-9, 0.0, 0.0, 0.0]]), mask))
 
 
 # ---------------------------------------------------------------- the method on `tiny`

@@ -68,7 +68,8 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
     """1 - Var(R - V) / Var(R) over masked tokens (population variances).
 
     1 = the critic predicts the returns exactly, 0 = no better than predicting their mean,
-    < 0 = worse than that. NaN when the returns have no variance (nothing to explain).
+    < 0 = worse than that. NaN when the returns have no variance (nothing to explain), up to
+    float round-off (variance <= 1e-10 (1 + mean^2)).
     """
     m = mask.to(values.dtype)
     r_mean = masked_mean(returns, m)
@@ -76,7 +77,8 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
     err = returns - values
     err_mean = masked_mean(err, m)
     var_err = masked_mean((err - err_mean) ** 2, m)
-    if float(var_r) <= 0.0:
+    # Returns rebuilt as A + V carry float round-off: "constant" means variance at that level.
+    if float(var_r) <= 1e-10 * (1.0 + float(r_mean) ** 2):
         return float("nan")
     return float(1.0 - var_err / var_r)
 
