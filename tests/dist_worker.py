@@ -30,6 +30,15 @@ CONFIGS = {
         "dupo.adaptive_window=1",
         "dupo.plot=false",
     ],  # fmt: skip
+    # token-mean: each term's normaliser must count the global batch's tokens, not one rank's
+    "dipo": [
+        "method=dipo",
+        "optim.lr=1e-2",
+        "dipo.aggregation=token-mean",
+        "dipo.alpha=0.5",
+        "dipo.success=0.3",
+        "lora.enabled=true",
+    ],  # fmt: skip
 }
 STEPS = 2
 

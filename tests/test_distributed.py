@@ -66,6 +66,10 @@ def one_and_two_processes(tmp_path_factory):
                 "exploit/lr_scale",
             ],
         ),  # fmt: skip
+        (
+            "dipo",
+            ["loss", "grad_norm", "reward/mean", "dipo/ppl_mean", "dipo/valid", "dipo/threshold"],
+        ),
     ],
 )
 def test_two_ranks_make_the_single_process_update(one_and_two_processes, name, keys):

@@ -48,6 +48,7 @@ from tandemrl.algos._groups import group_index, group_stats
 from tandemrl.methods import register_method
 from tandemrl.methods.grpo import GRPO, GRPOConfig
 from tandemrl.rollout import RolloutBatch, score_tokens
+from tandemrl.train import distributed as dist
 from tandemrl.train.config_parse import ConfigError
 
 
@@ -101,7 +102,10 @@ class DiPO(GRPO):
         main_mask = batch.train_mask
         ppl = self.perplexity(batch)
         hit = (batch.rewards >= cfg.success).float()
-        self.queue.push(ppl, torch.where(torch.isnan(batch.rewards), batch.rewards, hit))
+        correct = torch.where(torch.isnan(batch.rewards), batch.rewards, hit)
+        # One threshold for the global batch: every rank pushes every rank's pairs.
+        gathered = dist.all_gather_object((ppl.detach().cpu(), correct.cpu()))
+        self.queue.push(torch.cat([g[0] for g in gathered]), torch.cat([g[1] for g in gathered]))
         thr = self.queue.threshold()
         realloc, realloc_metrics = dipo_reallocate(
             batch.rewards,
@@ -121,10 +125,7 @@ class DiPO(GRPO):
         batch.extras["dipo_advantages"] = realloc_adv
         batch.extras["dipo_main_mask"] = main_mask
         batch.loss_mask = torch.maximum(main_mask, realloc_mask)
-        self._norms = (
-            LossNormalizer.from_masks(main_mask),
-            LossNormalizer.from_masks(realloc_mask),
-        )
+        self._norms = (dist.global_normalizer(main_mask), dist.global_normalizer(realloc_mask))
 
         used = int(realloc_metrics["dipo/explore_groups"] + realloc_metrics["dipo/exploit_groups"])
         self.used_total += used

@@ -162,7 +162,7 @@ class PolicySplit(GRPO):
             messages,
             self.n,
             self.sampling,
-            seed=rc.seed * 1_000_003 + step,
+            seed=self.rollout_seed(step),
             batch_size=rc.rollout.generation_batch_size,
         )
         source = batch.group_ids.clone()

@@ -125,7 +125,7 @@ class PreferenceMethod(Method):
             [ex.messages for ex in examples],
             rc.rollout.group_size,
             self.sampling,
-            seed=rc.seed * 1_000_003 + step,
+            seed=self.rollout_seed(step),
             batch_size=rc.rollout.generation_batch_size,
         )
         score_rewards(self.run.task, examples, batch)
