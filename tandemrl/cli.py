@@ -4,6 +4,9 @@
     tandem eval  [CONFIG.yaml] [checkpoint=DIR] [policy=NAME] [mode=NAME] [key=value ...]
     tandem export checkpoint=DIR out=DIR [policy=NAME] [merged=true]
     tandem tasks [--all] [NAME ...]                list tasks with sizes, metrics, a prompt
+    tandem rerank [CONFIG.yaml] [checkpoint=DIR] [n=8] [k=8] [temperature=0.7] [key=value ...]
+                                                   DuPO dual reranking vs greedy, majority vote
+    tandem bench speed [--what ...] [--help]       benchmarks (docs/benchmarks.md)
 
 `policy=` picks one adapter of a multi-adapter checkpoint (DuPO: explore or exploit; the
 default is the method's served policy, exploit). `mode=` picks a prompt mode of the same
@@ -92,6 +95,24 @@ def cmd_eval(args: list[str]) -> int:
     return 0
 
 
+def cmd_rerank(args: list[str]) -> int:
+    """`tandem rerank`: N candidates per held-out problem, K dual samples per question; prints
+    greedy, majority-vote and dual-reranking accuracy (tandemrl.train.rerank_cli)."""
+    from tandemrl.train import ConfigError, load_config
+    from tandemrl.train.rerank_cli import run_rerank
+
+    special, config, rest = _checkpoint_args(args, ("checkpoint", "n", "k", "temperature"))
+    try:
+        n, k = int(special.get("n", 8)), int(special.get("k", 8))
+        temperature = float(special.get("temperature", 0.7))
+    except ValueError as err:
+        raise ConfigError(f"tandem rerank: n, k integers and temperature a number: {err}") from None
+    cfg = load_config(config, rest)
+    result = run_rerank(cfg, special.get("checkpoint"), n, k, temperature)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def cmd_export(args: list[str]) -> int:
     from tandemrl.train import ConfigError, load_config
     from tandemrl.train.eval_cli import run_export
@@ -170,7 +191,20 @@ def cmd_tasks(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "tasks": cmd_tasks}
+def cmd_bench(args: list[str]) -> int:
+    from tandemrl.bench import run_bench
+
+    return run_bench(args)
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "export": cmd_export,
+    "tasks": cmd_tasks,
+    "rerank": cmd_rerank,
+    "bench": cmd_bench,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

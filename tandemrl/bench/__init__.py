@@ -1,0 +1,23 @@
+"""Benchmarks behind `tandem bench NAME [options]`: each is a module with `main(argv) -> int`.
+
+    tandem bench speed [--what speed,methods-cost] ...   tandemrl vs TRL, method costs, FLOP/s
+
+Results go to `benchmarks/results/` (JSON + Markdown); see docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = {"speed": "tandemrl.bench.speed"}
+
+
+def run_bench(args: list[str]) -> int:
+    """Dispatch `tandem bench NAME ...` to the benchmark module's `main`."""
+    if not args or args[0] not in BENCHMARKS:
+        names = ", ".join(sorted(BENCHMARKS))
+        got = f" {args[0]!r}" if args else ""
+        print(f"tandem bench: unknown benchmark{got}; choose one of: {names}", file=sys.stderr)
+        return 2
+    return importlib.import_module(BENCHMARKS[args[0]]).main(args[1:])
