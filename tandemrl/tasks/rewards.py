@@ -197,8 +197,11 @@ def run_reward(
     on_error: str | None = None,
 ) -> RewardOutcome:
     """Call ``spec.fn`` on a batch with per-row isolation and a time limit; see the module
-    docstring. ``timeout_s``/``on_error`` default to the enclosing ``reward_limits``."""
+    docstring. ``timeout_s`` defaults to ``spec.fn.timeout_s`` when the function has one, else
+    to the enclosing ``reward_limits``, as does ``on_error``."""
     count = len(completions)
+    if timeout_s is None:  # a function may carry its own limit (e.g. one that generates)
+        timeout_s = getattr(spec.fn, "timeout_s", None)
     timeout_s = _LIMITS["timeout_s"] if timeout_s is None else timeout_s
     on_error = _LIMITS["on_error"] if on_error is None else on_error
     try:

@@ -19,6 +19,7 @@ import yaml
 
 from tandemrl.models.adapters import LoraConfig
 from tandemrl.train.config_parse import ConfigError, deep_merge, from_dict, to_dict
+from tandemrl.train.duality import DualityConfig
 
 
 @dataclass
@@ -100,6 +101,8 @@ class TrainConfig:
     # "" = start fresh; "auto" = continue the newest valid checkpoint in output_dir (fresh if
     # none); a path = continue that checkpoint.
     resume: str = ""
+    # Where the rewards come from: "task" (its own) or "duality" (DuPO, tandemrl.train.duality).
+    reward: str = "task"
     lora: LoraConfig = field(default_factory=LoraConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -107,6 +110,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    duality: DualityConfig = field(default_factory=DualityConfig)
     # The selected method's section (e.g. the `grpo:` mapping), typed by the method.
     method_config: Any = None
 
@@ -165,3 +169,7 @@ def validate(cfg: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    from tandemrl.train.policy_rewards import check_reward_config
+
+    check_reward_config(cfg)
+    cfg.duality.check()

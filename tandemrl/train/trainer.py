@@ -27,6 +27,12 @@ from tandemrl.train.config import TrainConfig
 from tandemrl.train.config_parse import ConfigError
 from tandemrl.train.evaluate import evaluate, summary_line
 from tandemrl.train.logging import MetricsLogger, peak_rss_mb
+from tandemrl.train.policy_rewards import (
+    PolicyGenerator,
+    bind_policy_rewards,
+    pop_reward_metrics,
+    reward_specs,
+)
 from tandemrl.train.resume import (
     gathered_rng_states,
     resolve_resume,
@@ -119,6 +125,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
     # Everything that can be wrong with the input is checked before the run dir is touched.
     task = get_task(cfg.task, **cfg.task_options)
+    task.rewards = reward_specs(cfg, task)  # `reward=`: the task's own, or e.g. duality
     train_examples = list(task.train_examples())
     eval_examples = list(task.eval_examples())[: cfg.eval.size]
     check_data(cfg, train_examples, eval_examples)
@@ -130,6 +137,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     loaded = load_model(cfg.model, cfg.dtype)
     method = get_method_class(cfg.method)(RunContext(cfg, loaded, task))
     dist.broadcast_parameters(method.policy)
+    policy_sampler = PolicyGenerator(method.eval_policy, loaded.tokenizer, cfg.eval.batch_size)
+    bind_policy_rewards(task.rewards, policy_sampler)  # rewards that sample from the policy
     sampler = PromptSampler(train_examples, cfg.seed)
     start = 0
     if resume_from is not None:
@@ -196,6 +205,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
                     position, rng_before = sampler.position, rng_state()
                     prompts = dist.shard(sampler.next(cfg.rollout.prompts_per_step))
                     metrics = method.step(step, prompts)
+                    metrics.update(pop_reward_metrics(task.rewards))
                     metrics["time/step_s"] = time.perf_counter() - t
                     metrics["memory/peak_rss_mb"] = peak_rss_mb()
                     metrics = dist.gather_metrics(metrics)

@@ -1,0 +1,133 @@
+"""Rewards that sample from the policy, and the ``reward=`` switch that installs them.
+
+Most rewards are plain ``f(prompts, completions, **columns)``. A few need the model being
+trained, e.g. the DuPO duality reward (``tandemrl.train.duality``), which asks the policy to
+reconstruct part of the input from each response. Such a reward stays a plain callable and
+adds two optional methods, which the trainer calls on every reward of the task:
+
+- ``bind_policy(generate)``: called once after the method is built. ``generate(prompts, n,
+  *, temperature, max_new_tokens, seed) -> list[str]`` samples ``n`` completions per chat
+  prompt (row ``i*n + j``) from the current policy (``PolicyGenerator``).
+- ``pop_metrics() -> dict[str, float]``: called after every step; what it returns is logged
+  with the step's metrics (``dual/generate_s``, ``dual/samples``, ...).
+
+``reward=`` (config key) picks where the step's rewards come from: ``task`` (the task's own,
+the default) or any name in ``REWARD_SOURCES`` (``duality``). A source is a function
+``(config, task) -> list[RewardSpec]``; ``register_reward_source`` adds one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from tandemrl.tasks.base import RewardSpec, Task
+from tandemrl.train.config_parse import ConfigError
+
+__all__ = [
+    "REWARD_SOURCES",
+    "Generate",
+    "PolicyGenerator",
+    "bind_policy_rewards",
+    "check_reward_config",
+    "pop_reward_metrics",
+    "register_reward_source",
+    "reward_specs",
+]
+
+RewardSource = Callable[[Any, Task], list[RewardSpec]]
+REWARD_SOURCES: dict[str, RewardSource] = {"task": lambda config, task: list(task.rewards)}
+
+
+class Generate(Protocol):
+    def __call__(
+        self,
+        prompts: list[list[dict[str, str]]],
+        n: int,
+        *,
+        temperature: float,
+        max_new_tokens: int,
+        seed: int,
+    ) -> list[str]: ...
+
+
+def register_reward_source(name: str) -> Callable[[RewardSource], RewardSource]:
+    """Decorator: ``reward=<name>`` builds the step's rewards with the decorated function."""
+
+    def decorate(fn: RewardSource) -> RewardSource:
+        REWARD_SOURCES[name] = fn
+        return fn
+
+    return decorate
+
+
+def _load_sources() -> None:
+    import tandemrl.train.duality  # noqa: F401  (registers "duality")
+
+
+def check_reward_config(config: Any) -> None:
+    """One-line ``ConfigError`` when ``reward=`` names no source."""
+    _load_sources()
+    if config.reward not in REWARD_SOURCES:
+        raise ConfigError(
+            f"unknown reward source {config.reward!r}; known: {', '.join(sorted(REWARD_SOURCES))}"
+        )
+
+
+def reward_specs(config: Any, task: Task) -> list[RewardSpec]:
+    """The rewards a run trains on: ``REWARD_SOURCES[config.reward](config, task)``."""
+    check_reward_config(config)
+    return REWARD_SOURCES[config.reward](config, task)
+
+
+def bind_policy_rewards(specs: list[RewardSpec], generate: Generate) -> None:
+    """Hand ``generate`` to every reward that has ``bind_policy``."""
+    for spec in specs:
+        bind = getattr(spec.fn, "bind_policy", None)
+        if callable(bind):
+            bind(generate)
+
+
+def pop_reward_metrics(specs: list[RewardSpec]) -> dict[str, float]:
+    """Metrics the rewards collected since the last call (rewards with ``pop_metrics``)."""
+    out: dict[str, float] = {}
+    for spec in specs:
+        pop = getattr(spec.fn, "pop_metrics", None)
+        if callable(pop):
+            out.update(pop())
+    return out
+
+
+class PolicyGenerator:
+    """``Generate`` over a model: ``model()`` returns the module to sample from now (the
+    method's ``eval_policy``, so updates and adapter switches are seen), ``batch_size``
+    sequences decoded at once."""
+
+    def __init__(self, model: Callable[[], Any], tokenizer: Any, batch_size: int = 32) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+
+    def __call__(
+        self,
+        prompts: list[list[dict[str, str]]],
+        n: int,
+        *,
+        temperature: float,
+        max_new_tokens: int,
+        seed: int,
+    ) -> list[str]:
+        from tandemrl.rollout import SamplingConfig, generate
+
+        if not prompts:
+            return []
+        batch = generate(
+            self.model(),
+            self.tokenizer,
+            prompts,
+            n,
+            SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature),
+            seed=seed,
+            batch_size=self.batch_size,
+        )
+        return batch.completions
