@@ -93,6 +93,14 @@ def test_update_flops_lora_is_4NT_plus_6_adapter():
     assert flops == 2200
 
 
+def test_generate_flops_is_one_forward_with_the_head_on_sampled_tokens():
+    # 2 * ((100 + 4) * 5 + 10 * 2) = 2 * 540 = 1080
+    flops = report.generate_flops(
+        body_params=100, head_params=10, adapter_params=4, tokens=5, head_tokens=2
+    )
+    assert flops == 1080
+
+
 def test_markdown_table_formats_numbers_nan_and_text():
     table = report.markdown_table(("a", "b", "c"), [[1.234, math.nan, "x"], [2, None, True]])
     assert table == "| a | b | c |\n| --- | --- | --- |\n| 1.2 | – | x |\n| 2 | – | yes |"
@@ -188,6 +196,8 @@ def test_result_shape_summary_and_markdown(tmp_path):
     assert flops["tandem-full"]["update_gflop"] == pytest.approx(1006.08)
     assert flops["tandem-full"]["achieved_gflops"] == pytest.approx(1006.08 / 7)
     assert flops["tandem-full"]["fraction_of_peak"] == pytest.approx(1006.08 / 7 / 100)
+    # generation: 2 * 1.6768e11 = 335.36 GFLOP in 7 s
+    assert flops["tandem-full"]["generate_gflops"] == pytest.approx(335.36 / 7)
     assert set(flops) == {"tandem-lora", "trl-lora", "tandem-full", "trl-full"}
     md = bench_speed.to_markdown(result)
     assert "flock /tmp/tandem-heavy.lock tandem bench speed --repeats 1" in md

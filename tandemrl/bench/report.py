@@ -95,6 +95,21 @@ def update_flops(
     return forward + backward
 
 
+def generate_flops(
+    *,
+    body_params: float,
+    head_params: float,
+    adapter_params: float,
+    tokens: float,
+    head_tokens: float,
+) -> float:
+    """FLOPs of sampling with a KV cache: one forward over every prompt and sampled token,
+    2·(N_body + N_adapter)·T, plus the LM head for each sampled token, 2·N_head·T_h (the
+    prefill keeps only the last position's logits). Same omissions as `update_flops`; the
+    attention over the cache grows with the context but stays ~1-2 % at these lengths."""
+    return 2.0 * ((body_params + adapter_params) * tokens + head_params * head_tokens)
+
+
 def fmt(value: Any, digits: int = 1) -> str:
     """A table cell: numbers to `digits` places, NaN/None as an en dash."""
     if value is None:

@@ -296,14 +296,15 @@ def summarize(
         completion = p["completion_tokens"]
         if completion != completion:  # NaN: not logged
             continue
-        flops = report.update_flops(
-            body_params=facts["body_params"],
-            head_params=facts["head_params"],
-            adapter_params=facts["lora_params"] if config == "lora" else 0.0,
-            tokens=rows * facts["prompt_tokens_mean"] + completion,
-            head_tokens=completion,
-            base_trained=config == "full",
-        )
+        sizes = {
+            "body_params": facts["body_params"],
+            "head_params": facts["head_params"],
+            "adapter_params": facts["lora_params"] if config == "lora" else 0.0,
+            "tokens": rows * facts["prompt_tokens_mean"] + completion,
+            "head_tokens": completion,
+        }
+        flops = report.update_flops(**sizes, base_trained=config == "full")
+        gen_flops = report.generate_flops(**sizes)
         achieved = report.ratio(flops, p["update_s"])
         summary["flops"].append(
             {
@@ -312,6 +313,9 @@ def summarize(
                 "update_s": p["update_s"],
                 "achieved_gflops": achieved / 1e9,
                 "fraction_of_peak": report.ratio(achieved / 1e9, peak),
+                "generate_gflop": gen_flops / 1e9,
+                "generate_s": p["generate_s"],
+                "generate_gflops": report.ratio(gen_flops, p["generate_s"]) / 1e9,
             }
         )
     targets = []
@@ -420,6 +424,10 @@ def to_markdown(result: dict[str, Any]) -> str:
                 f["update_s"],
                 f["achieved_gflops"],
                 f"{100 * f['fraction_of_peak']:.0f} %",
+                f["generate_gflop"],
+                f["generate_s"],
+                f["generate_gflops"],
+                f"{100 * report.ratio(f['generate_gflops'], peak['best_gflops']):.0f} %",
             ]
             for f in s["flops"]
         ]
@@ -437,8 +445,13 @@ def to_markdown(result: dict[str, Any]) -> str:
             "update_flops`).",
             "",
             report.markdown_table(
-                ("run", "update GFLOP", "update s", "achieved GFLOP/s", "of peak"), rows
+                ("run", "update GFLOP", "update s", "update GFLOP/s", "of peak")
+                + ("generate GFLOP", "generate s", "generate GFLOP/s", "of peak"),
+                rows,
             ),
+            "",
+            "Generation FLOPs: 2·(N + N_lora)·T over prompt and sampled tokens (KV cache) "
+            "plus the LM head on sampled tokens (`report.generate_flops`).",
             "",
         ]
     if s["targets"]:
