@@ -467,6 +467,8 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"- {run['name']} #{run.get('repeat', 0)}: {steps}; peak RSS "
             f"{report.fmt(run['peak_rss_mb'], 0)} MB"
         )
+    for err in result.get("failed", []):
+        lines.append(f"- FAILED: {err.splitlines()[0]}")
     return "\n".join(lines) + "\n"
 
 
@@ -565,12 +567,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-speed-") as tmp_name:
         tmp = Path(tmp_name)
         for kind, name, config, rep in plan(ns):
-            if kind == "trl":
-                run = run_trl(ns, config, rep, tmp)
-            elif kind == "tandem":
-                run = run_tandem(ns, name, config, [], rep, tmp)
-            else:
-                run = run_tandem(ns, name, config, METHOD_RUNS[name][0], rep, tmp)
+            try:
+                if kind == "trl":
+                    run = run_trl(ns, config, rep, tmp)
+                elif kind == "tandem":
+                    run = run_tandem(ns, name, config, [], rep, tmp)
+                else:
+                    run = run_tandem(ns, name, config, METHOD_RUNS[name][0], rep, tmp)
+            except RuntimeError as err:  # one failed run must not lose the others
+                print(f"[bench] {err}", file=sys.stderr, flush=True)
+                result.setdefault("failed", []).append(str(err))
+                continue
             result["runs"].append(run)
             steps = ", ".join(f"{s['step_s']:.1f}" for s in run["per_step"])
             print(f"[bench] {run['name']} #{rep}: steps {steps} s", file=sys.stderr, flush=True)
@@ -580,6 +587,9 @@ def main(argv: list[str] | None = None) -> int:
     write()
     report.check_result(result)
     print(to_markdown(result))
+    if result.get("failed"):
+        print(f"[bench] {len(result['failed'])} run(s) failed: see 'failed'", file=sys.stderr)
+        return 1
     print(f"[bench] wrote {out_dir / stem}.json and .md", file=sys.stderr)
     return 0
 
