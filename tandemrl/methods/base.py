@@ -173,6 +173,17 @@ def reward_metrics(batch: RolloutBatch, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def phase_times(t0: float, t1: float, t2: float, t3: float, t4: float) -> dict[str, float]:
+    """A step's `time/<phase>_s` metrics from the perf_counter readings at its phase boundaries:
+    generate [t0, t1), reward [t1, t2), log-probs [t2, t3), update [t3, t4)."""
+    return {
+        "time/generate_s": t1 - t0,
+        "time/reward_s": t2 - t1,
+        "time/logprob_s": t3 - t2,
+        "time/update_s": t4 - t3,
+    }
+
+
 LossFn = Callable[[RolloutBatch, LossNormalizer], tuple[torch.Tensor, dict[str, float]]]
 
 

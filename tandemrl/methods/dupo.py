@@ -53,7 +53,7 @@ from tandemrl.algos import (
     share_candidates,
 )
 from tandemrl.methods import register_method
-from tandemrl.methods.base import Method, build_scheduler, score_rewards
+from tandemrl.methods.base import Method, build_scheduler, phase_times, score_rewards
 from tandemrl.methods.dupo_metrics import step_metrics, token_lists, write_plot
 from tandemrl.methods.dupo_update import DualAdapterUpdates
 from tandemrl.models import LoadedModel
@@ -325,8 +325,7 @@ class DuPO(DualAdapterUpdates, Method):
         t4 = time.perf_counter()
         metrics.update(step_metrics(full, inter, logp, entropy, batches, active, cfg))
         metrics["loss"] = sum(metrics.get(f"{p}/loss", 0.0) for p in POLICIES)
-        metrics.update({"time/generate_s": t1 - t0, "time/reward_s": t2 - t1,
-                        "time/logprob_s": t3 - t2, "time/update_s": t4 - t3})  # fmt: skip
+        metrics.update(phase_times(t0, t1, t2, t3, t4))
         self.last_batches, self.last_full = batches, full
         self.history.append({"step": step + 1, **metrics})
         if cfg.plot and step + 1 == self.run.config.steps and dist.is_main():

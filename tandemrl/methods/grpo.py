@@ -33,7 +33,13 @@ from tandemrl.algos import (
     kl_penalty,
 )
 from tandemrl.methods import register_method
-from tandemrl.methods.base import Method, accumulate_and_step, reward_metrics, score_rewards
+from tandemrl.methods.base import (
+    Method,
+    accumulate_and_step,
+    phase_times,
+    reward_metrics,
+    score_rewards,
+)
 from tandemrl.models import reference_mode
 from tandemrl.rollout import RolloutBatch, SamplingConfig, generate, score_tokens
 from tandemrl.tasks import Example
@@ -205,13 +211,6 @@ class GRPO(Method):
             )
         )
         t4 = time.perf_counter()
-        metrics.update(
-            {
-                "time/generate_s": t1 - t0,
-                "time/reward_s": t2 - t1,
-                "time/logprob_s": t3 - t2,
-                "time/update_s": t4 - t3,
-            }
-        )
+        metrics.update(phase_times(t0, t1, t2, t3, t4))
         self.last_batch = batch
         return metrics

@@ -48,7 +48,7 @@ from tandemrl.algos import (
     policy_split_token_advantages,
 )
 from tandemrl.methods import register_method
-from tandemrl.methods.base import accumulate_and_step, reward_metrics, score_rewards
+from tandemrl.methods.base import accumulate_and_step, phase_times, reward_metrics, score_rewards
 from tandemrl.methods.grpo import GRPO
 from tandemrl.methods.policy_split_modes import (
     DEFAULT_HIGH_ENTROPY_PROMPT,
@@ -296,8 +296,7 @@ class PolicySplit(GRPO):
         metrics["entropy/mean"] = metrics["normal/entropy/mean"]
         if "normal/kl" in metrics:
             metrics["kl"] = metrics["normal/kl"]
-        metrics.update({"time/generate_s": t1 - t0, "time/reward_s": t2 - t1,
-                        "time/logprob_s": t3 - t2, "time/update_s": t4 - t3})  # fmt: skip
+        metrics.update(phase_times(t0, t1, t2, t3, t4))
         self.last_batch, self.last_full = train, full
         return metrics
 

@@ -46,6 +46,7 @@ from tandemrl.methods import register_method
 from tandemrl.methods.base import (
     accumulate_and_step,
     build_scheduler,
+    phase_times,
     reward_metrics,
     score_rewards,
 )
@@ -282,14 +283,7 @@ class PPO(GRPO):
         t4 = time.perf_counter()
         # Mean over this step's updates (one by default).
         metrics.update({k: sum(u[k] for u in updates) / len(updates) for k in updates[0]})
-        metrics.update(
-            {
-                "time/generate_s": t1 - t0,
-                "time/reward_s": t2 - t1,
-                "time/logprob_s": t3 - t2,
-                "time/update_s": t4 - t3,
-            }
-        )
+        metrics.update(phase_times(t0, t1, t2, t3, t4))
         self.last_batch = batch
         return metrics
 
