@@ -6,12 +6,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
-from tandemrl.algos import LossNormalizer
+from tandemrl.algos import ADVANTAGES, AGGREGATIONS, POLICY_LOSSES, LossNormalizer
 from tandemrl.models import LoadedModel, apply_lora
 from tandemrl.rollout import RolloutBatch
 from tandemrl.tasks import Example, Task
@@ -98,6 +98,36 @@ class Method:
         """Restore what `state_dict` returned (after the policy weights are loaded)."""
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+
+
+@dataclass
+class ClippedObjective:
+    """Settings of the clipped surrogate every policy-gradient method optimises (PPO, GRPO and
+    the methods built on them); a method's config subclasses it and adds its own fields."""
+
+    loss: str = "clipped"  # a POLICY_LOSSES name
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    aggregation: str = "token-mean"  # an AGGREGATIONS name
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+
+    def check(self) -> None:
+        """Raise the registry's error (listing the valid names) for an unknown loss or
+        aggregation."""
+        POLICY_LOSSES.get(self.loss)
+        AGGREGATIONS.get(self.aggregation)
+
+
+@dataclass
+class GroupObjective(ClippedObjective):
+    """`ClippedObjective` plus a group-relative advantage estimator (GRPO and its kin)."""
+
+    advantage: str = "grpo"  # an ADVANTAGES name
+    advantage_options: dict[str, Any] = field(default_factory=lambda: {"std_mode": "group"})
+
+    def check(self) -> None:
+        super().check()
+        ADVANTAGES.get(self.advantage)
 
 
 def build_optimizer(model: nn.Module, optim: Any) -> torch.optim.Optimizer:

@@ -36,16 +36,14 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
 from tandemrl.algos import (
     ADVANTAGES,
-    AGGREGATIONS,
-    POLICY_LOSSES,
     adaptive_lr_scale,
     cross_policy_reward,
     ngram_novelty,
@@ -53,7 +51,13 @@ from tandemrl.algos import (
     share_candidates,
 )
 from tandemrl.methods import register_method
-from tandemrl.methods.base import Method, build_scheduler, phase_times, score_rewards
+from tandemrl.methods.base import (
+    GroupObjective,
+    Method,
+    build_scheduler,
+    phase_times,
+    score_rewards,
+)
 from tandemrl.methods.dupo_metrics import step_metrics, token_lists, write_plot
 from tandemrl.methods.dupo_update import DualAdapterUpdates
 from tandemrl.models import LoadedModel
@@ -69,7 +73,7 @@ POLICIES = (EXPLORE, EXPLOIT)
 
 
 @dataclass
-class DuPOConfig:
+class DuPOConfig(GroupObjective):
     schedule: Literal["alternating", "simultaneous"] = "alternating"
     alternating_interval: int = 100
     first_policy: Literal["explore", "exploit"] = "explore"
@@ -77,13 +81,6 @@ class DuPOConfig:
     lr_exploit: float = 1e-5
     explore_samples: int | None = None  # G_E per prompt; None = rollout.group_size // 2
     kl_coef: float = 0.1
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
-    advantage: str = "grpo"
-    advantage_options: dict[str, Any] = field(default_factory=lambda: {"std_mode": "group"})
-    loss: str = "clipped"
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    aggregation: str = "token-mean"
     diversity_coef: float = 0.1  # explorer's novelty bonus
     novelty_ngram: int = 2
     explore_entropy_coef: float = 0.0
@@ -111,9 +108,7 @@ class DuPO(DualAdapterUpdates, Method):
     @classmethod
     def check_config(cls, config) -> None:
         cfg = config.method_config
-        ADVANTAGES.get(cfg.advantage)
-        POLICY_LOSSES.get(cfg.loss)
-        AGGREGATIONS.get(cfg.aggregation)
+        cfg.check()
         if config.lora.enabled is False:
             raise ConfigError("dupo trains two LoRA adapters on one base: lora.enabled=false")
         g = config.rollout.group_size

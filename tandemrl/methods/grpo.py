@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from tandemrl.algos import (
     ADVANTAGES,
-    AGGREGATIONS,
     POLICY_LOSSES,
     LossNormalizer,
     entropy_bonus,
@@ -34,6 +33,7 @@ from tandemrl.algos import (
 )
 from tandemrl.methods import register_method
 from tandemrl.methods.base import (
+    GroupObjective,
     Method,
     accumulate_and_step,
     phase_times,
@@ -47,15 +47,8 @@ from tandemrl.train.config_parse import ConfigError
 
 
 @dataclass
-class GRPOConfig:
-    advantage: str = "grpo"
-    advantage_options: dict[str, Any] = field(default_factory=lambda: {"std_mode": "group"})
-    loss: str = "clipped"
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    aggregation: str = "token-mean"
+class GRPOConfig(GroupObjective):
     kl_coef: float = 0.0  # 0 loads no reference and runs no reference forward
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     kl_in: Literal["loss", "reward"] = "loss"
     entropy_coef: float = 0.0
     dynamic_sampling: bool = False
@@ -68,9 +61,7 @@ class GRPO(Method):
     @classmethod
     def check_config(cls, config) -> None:
         cfg = config.method_config
-        ADVANTAGES.get(cfg.advantage)
-        POLICY_LOSSES.get(cfg.loss)
-        AGGREGATIONS.get(cfg.aggregation)
+        cfg.check()
         if config.rollout.group_size < 2 and cfg.advantage in ("grpo", "rloo"):
             raise ConfigError(
                 f"grpo.advantage={cfg.advantage} needs rollout.group_size >= 2 (a group of one "

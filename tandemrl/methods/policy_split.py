@@ -34,21 +34,26 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
 
 from tandemrl.algos import (
     ADVANTAGES,
-    AGGREGATIONS,
     POLICY_LOSSES,
     LossNormalizer,
     kl_loss,
     policy_split_token_advantages,
 )
 from tandemrl.methods import register_method
-from tandemrl.methods.base import accumulate_and_step, phase_times, reward_metrics, score_rewards
+from tandemrl.methods.base import (
+    GroupObjective,
+    accumulate_and_step,
+    phase_times,
+    reward_metrics,
+    score_rewards,
+)
 from tandemrl.methods.grpo import GRPO
 from tandemrl.methods.policy_split_modes import (
     DEFAULT_HIGH_ENTROPY_PROMPT,
@@ -67,7 +72,7 @@ from tandemrl.train.config_parse import ConfigError
 
 
 @dataclass
-class PolicySplitConfig:
+class PolicySplitConfig(GroupObjective):
     n_per_mode: int | None = None  # responses per mode per prompt; None = group_size // 2
     system_prompt: str = DEFAULT_HIGH_ENTROPY_PROMPT  # the high-entropy mode's instruction
     system_role: Literal["auto", "system", "prefix"] = "auto"  # where it goes (see modes)
@@ -75,14 +80,7 @@ class PolicySplitConfig:
     eta: float = 0.03  # high-entropy token term scale (starting value; the guard lowers it)
     kappa: float = 2.0  # the term is clamped to |A_i| / kappa
     normal_eta: float = 0.0  # eta' of the normal mode (own surprisal only; < 0 sharpens)
-    advantage: str = "grpo"
-    advantage_options: dict[str, Any] = field(default_factory=lambda: {"std_mode": "group"})
-    loss: str = "clipped"
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    aggregation: str = "token-mean"
     kl_coef: float = 0.0  # KL to the reference in the loss, both modes (0 = no reference)
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     entropy_guard: bool = True
     guard_ratio: float = 1.5  # H_he > ratio x its first-step value (0 = off)
     guard_vs_normal: float = 3.0  # H_he > this x the normal mode's H in the step (0 = off)
@@ -99,9 +97,7 @@ class PolicySplit(GRPO):
     @classmethod
     def check_config(cls, config) -> None:
         cfg = config.method_config
-        ADVANTAGES.get(cfg.advantage)
-        POLICY_LOSSES.get(cfg.loss)
-        AGGREGATIONS.get(cfg.aggregation)
+        cfg.check()
         g = config.rollout.group_size
         if cfg.n_per_mode is None and g % 2:
             raise ConfigError(

@@ -32,8 +32,6 @@ import torch
 from torch import nn
 
 from tandemrl.algos import (
-    AGGREGATIONS,
-    POLICY_LOSSES,
     clipped_value_loss,
     explained_variance,
     gae,
@@ -44,6 +42,7 @@ from tandemrl.algos import (
 )
 from tandemrl.methods import register_method
 from tandemrl.methods.base import (
+    ClippedObjective,
     accumulate_and_step,
     build_scheduler,
     phase_times,
@@ -61,16 +60,12 @@ POLICY, CRITIC = "policy", "critic"
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(ClippedObjective):
     gamma: float = 1.0  # discount per token; 1 = the task reward reaches every token undiscounted
     lam: float = 0.95  # GAE λ: 1 = Monte-Carlo return minus V, 0 = one-step TD
     kl_coef: float = 0.05  # per-token KL penalty to the reference (0 = no reference forward)
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"  # k1 = log π/π_ref, InstructGPT's penalty
     kl_in: Literal["reward", "loss"] = "reward"
-    loss: str = "clipped"
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    aggregation: str = "token-mean"
     entropy_coef: float = 0.0
     value_clip: float | None = 0.2  # None = unclipped value loss
     critic_lr: float = 5e-4  # the critic's own AdamW lr (policy: optim.lr)
@@ -103,8 +98,7 @@ class PPO(GRPO):
     @classmethod
     def check_config(cls, config) -> None:
         cfg = config.method_config
-        POLICY_LOSSES.get(cfg.loss)
-        AGGREGATIONS.get(cfg.aggregation)
+        cfg.check()
         rows = config.rollout.prompts_per_step * config.rollout.group_size
         checks = [
             (0.0 <= cfg.gamma <= 1.0, f"ppo.gamma must be in [0, 1], got {cfg.gamma}"),
