@@ -150,6 +150,14 @@ def _parsed(completions: Sequence[Any]) -> list:
     return [parse_calls(completion_text(c)) for c in completions]
 
 
+def _match_field(key: str, completions: list, functions: list, ground_truth: list) -> list[float]:
+    """One field of ``match_calls`` per completion."""
+    return [
+        match_calls(p.calls, f, g)[key]
+        for p, f, g in zip(_parsed(completions), functions, ground_truth, strict=True)
+    ]
+
+
 def format_reward(prompts: list, completions: list, **_: Any) -> list[float | None]:
     """1.0 when the completion holds at least one well-formed call."""
     return [float(bool(p.calls)) for p in _parsed(completions)]
@@ -159,20 +167,14 @@ def name_reward(
     prompts: list, completions: list, functions: list, ground_truth: list, **_: Any
 ) -> list[float | None]:
     """Share of the expected function names that were called (see ``match_calls``)."""
-    return [
-        match_calls(p.calls, f, g)["name"]
-        for p, f, g in zip(_parsed(completions), functions, ground_truth, strict=True)
-    ]
+    return _match_field("name", completions, functions, ground_truth)
 
 
 def args_reward(
     prompts: list, completions: list, functions: list, ground_truth: list, **_: Any
 ) -> list[float | None]:
     """Share of parameters right by the possible-answer rules (see ``match_calls``)."""
-    return [
-        match_calls(p.calls, f, g)["args"]
-        for p, f, g in zip(_parsed(completions), functions, ground_truth, strict=True)
-    ]
+    return _match_field("args", completions, functions, ground_truth)
 
 
 def length_reward(
@@ -190,10 +192,7 @@ def exact_reward(
     prompts: list, completions: list, functions: list, ground_truth: list, **_: Any
 ) -> list[float | None]:
     """1.0 when the calls pass BFCL's check (``exact_call`` of ``match_calls``), else 0.0."""
-    return [
-        match_calls(p.calls, f, g)["exact_call"]
-        for p, f, g in zip(_parsed(completions), functions, ground_truth, strict=True)
-    ]
+    return _match_field("exact_call", completions, functions, ground_truth)
 
 
 _REWARDS = {
