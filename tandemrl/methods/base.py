@@ -13,7 +13,7 @@ from torch import nn
 
 from tandemrl.algos import ADVANTAGES, AGGREGATIONS, POLICY_LOSSES, LossNormalizer
 from tandemrl.models import LoadedModel, apply_lora
-from tandemrl.rollout import RolloutBatch
+from tandemrl.rollout import RolloutBatch, SamplingConfig, generate
 from tandemrl.tasks import Example, Task
 from tandemrl.tasks.rewards import run_reward
 from tandemrl.train import distributed as dist
@@ -46,6 +46,8 @@ class Method:
         self.policy = self.build_policy(run.loaded)
         self.optimizer = build_optimizer(self.policy, run.config.optim)
         self.scheduler = build_scheduler(self.optimizer, run.config.optim, run.config.steps)
+        r = run.config.rollout
+        self.sampling = SamplingConfig(r.max_new_tokens, r.temperature, r.top_p)
 
     @classmethod
     def check_config(cls, config: Any) -> None:
@@ -76,6 +78,19 @@ class Method:
         """Seed of step `step`'s sampling: fixed by (seed, step) so a resumed run draws what
         the uninterrupted run drew; offset per rank so ranks draw independent streams."""
         return self.run.config.seed * 1_000_003 + step + dist.rank() * 7_919_000_003
+
+    def rollout(self, step: int, examples: list[Example]) -> RolloutBatch:
+        """`rollout.group_size` samples per prompt from the policy, seeded by `rollout_seed`."""
+        rc = self.run.config
+        return generate(
+            self.policy,
+            self.tokenizer,
+            [ex.messages for ex in examples],
+            rc.rollout.group_size,
+            self.sampling,
+            seed=self.rollout_seed(step),
+            batch_size=rc.rollout.generation_batch_size,
+        )
 
     # -- checkpointing --------------------------------------------------------------------
     def trainable_state(self) -> dict[str, torch.Tensor]:

@@ -62,7 +62,7 @@ from tandemrl.methods.dupo_metrics import step_metrics, token_lists, write_plot
 from tandemrl.methods.dupo_update import DualAdapterUpdates
 from tandemrl.models import LoadedModel
 from tandemrl.models.adapters import activate_adapter, adapter_parameters, apply_lora_adapters
-from tandemrl.rollout import RolloutBatch, SamplingConfig, generate
+from tandemrl.rollout import RolloutBatch, generate
 from tandemrl.tasks import Example
 from tandemrl.train import distributed as dist
 from tandemrl.train.config_parse import ConfigError
@@ -133,9 +133,6 @@ class DuPO(DualAdapterUpdates, Method):
     def __init__(self, run):
         super().__init__(run)
         rc, cfg = run.config, self.cfg
-        self.sampling = SamplingConfig(
-            rc.rollout.max_new_tokens, rc.rollout.temperature, rc.rollout.top_p
-        )
         g = rc.rollout.group_size
         self.n_explore = g // 2 if cfg.explore_samples is None else cfg.explore_samples
         lrs = {EXPLORE: cfg.lr_explore, EXPLOIT: cfg.lr_exploit}

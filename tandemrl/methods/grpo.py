@@ -41,7 +41,7 @@ from tandemrl.methods.base import (
     score_rewards,
 )
 from tandemrl.models import reference_mode
-from tandemrl.rollout import RolloutBatch, SamplingConfig, generate, score_tokens
+from tandemrl.rollout import RolloutBatch, score_tokens
 from tandemrl.tasks import Example
 from tandemrl.train.config_parse import ConfigError
 
@@ -74,25 +74,8 @@ class GRPO(Method):
         if self.cfg.kl_coef > 0 and not self.uses_lora():
             # Full fine-tuning has no adapter-free base to fall back on: keep a frozen copy.
             self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
-        self.sampling = SamplingConfig(
-            max_new_tokens=run.config.rollout.max_new_tokens,
-            temperature=run.config.rollout.temperature,
-            top_p=run.config.rollout.top_p,
-        )
 
     # -- pieces other methods reuse ---------------------------------------------------------
-    def rollout(self, step: int, examples: list[Example]) -> RolloutBatch:
-        rc = self.run.config
-        return generate(
-            self.policy,
-            self.tokenizer,
-            [ex.messages for ex in examples],
-            rc.rollout.group_size,
-            self.sampling,
-            seed=self.rollout_seed(step),
-            batch_size=rc.rollout.generation_batch_size,
-        )
-
     @torch.no_grad()
     def reference_logp(self, batch: RolloutBatch) -> torch.Tensor:
         mb = self.run.config.optim.micro_batch_size

@@ -38,7 +38,7 @@ from tandemrl.methods import register_method
 from tandemrl.methods.base import Method, accumulate_and_step, reward_metrics, score_rewards
 from tandemrl.methods.preference_data import PreferenceRow, load_preference_jsonl, pair_batch
 from tandemrl.models import reference_mode
-from tandemrl.rollout import RolloutBatch, SamplingConfig, generate, score_tokens
+from tandemrl.rollout import RolloutBatch, score_tokens
 from tandemrl.tasks import Example
 from tandemrl.train.config_parse import ConfigError
 
@@ -93,14 +93,11 @@ class PreferenceMethod(Method):
 
     def __init__(self, run):
         super().__init__(run)
-        rc, cfg = run.config, self.cfg
+        cfg = self.cfg
         self.reference = None
         if not self.uses_lora():
             # Full fine-tuning has no adapter-free base to fall back on: keep a frozen copy.
             self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
-        self.sampling = SamplingConfig(
-            rc.rollout.max_new_tokens, rc.rollout.temperature, rc.rollout.top_p
-        )
         self.rows: list[PreferenceRow] = []
         self.position = 0
         if cfg.source == "offline":
@@ -118,16 +115,7 @@ class PreferenceMethod(Method):
         return out
 
     def online_pairs(self, step: int, examples: list[Example]) -> tuple[RolloutBatch, dict]:
-        rc = self.run.config
-        batch = generate(
-            self.policy,
-            self.tokenizer,
-            [ex.messages for ex in examples],
-            rc.rollout.group_size,
-            self.sampling,
-            seed=self.rollout_seed(step),
-            batch_size=rc.rollout.generation_batch_size,
-        )
+        batch = self.rollout(step, examples)
         score_rewards(self.run.task, examples, batch)
         metrics = reward_metrics(batch)
         pairs = best_worst_pairs(batch.rewards, batch.group_ids, self.cfg.min_gap)
