@@ -1,6 +1,7 @@
 """Benchmarks behind `tandem bench NAME [options]`: each is a module with `main(argv) -> int`.
 
     tandem bench speed [--what speed,methods-cost] ...   tandemrl vs TRL, method costs, FLOP/s
+    tandem bench methods [--suite maths|fc] [--quick] ...  methods x seeds, held-out accuracy
 
 Results go to `benchmarks/results/` (JSON + Markdown); see docs/benchmarks.md.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = {"speed": "tandemrl.bench.speed"}
+BENCHMARKS = {"speed": "tandemrl.bench.speed", "methods": "tandemrl.bench.methods"}
 
 
 def run_bench(args: list[str]) -> int:

@@ -1,0 +1,252 @@
+"""`tandem bench methods`: methods x seeds on one task, same model and budget; held-out
+accuracy with a 95% interval over seeds, steps to a target reward, reward spread, entropy and
+held-out diversity; JSON, a Markdown table and PNG plots.
+
+    tandem bench methods --suite maths --seeds 0,1,2          # hours on 2 CPU cores
+    tandem bench methods --suite maths --quick                # tiny model, a few minutes
+    tandem bench methods --suite fc --methods sum,gdpo --seeds 0,1,2
+
+Each (method, seed) is one `tandem train` process on the suite's config for that method, with
+`seed=S` and the same overrides for all. Runs live in `--runs-dir/<method>/seed<S>`; a run
+whose `summary.json` exists from the same command line is reused, so an interrupted benchmark
+picks up where it stopped. Only the baseline's runs evaluate the untrained model (`before`):
+every method starts from the same weights, so that point is shared by all curves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tandemrl.bench.method_stats import aggregate, markdown_table, run_record
+from tandemrl.bench.speed import machine_info, versions
+
+REPO = Path(__file__).resolve().parents[2]
+SUITES: dict[str, dict[str, Any]] = {
+    "maths": {
+        "baseline": "grpo",
+        "target": 0.25,  # trailing 5-step mean training reward (GRPO on arith2 hovers 0.15-0.3)
+        "methods": {
+            "grpo": "configs/grpo_arith2.yaml",
+            "dupo": "configs/dupo_arith2.yaml",
+            "policy_split": "configs/policy_split_arith2.yaml",
+            "dipo": "configs/dipo_arith2.yaml",
+            "duality": "configs/duality_arith2.yaml",
+            "ppo": "configs/ppo_arith2.yaml",
+            "dpo": "configs/dpo_online_arith2.yaml",
+            "ipo": "configs/ipo_online_arith2.yaml",
+        },
+    },
+    "fc": {
+        "baseline": "sum",
+        "target": 0.3,
+        "methods": {
+            "sum": "configs/fc_sum.yaml",
+            "gdpo": "configs/fc_gdpo.yaml",
+            "gd2po": "configs/fc_gd2po.yaml",
+        },
+    },
+}
+# --quick: the random tiny model, a few short steps: checks the whole pipeline, not the methods.
+QUICK = ["model=tiny", "lora.enabled=true", "steps=4", "rollout.prompts_per_step=4",
+         "rollout.max_new_tokens=8", "eval.size=8", "eval.pass_k=2", "eval.every=2",
+         "optim.micro_batch_size=16"]  # fmt: skip
+COMMON = ["log.progress=false", "log.tensorboard=false", "eval.show_examples=0"]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="tandem bench methods", description=__doc__.split("\n")[0])
+    p.add_argument("--suite", choices=sorted(SUITES), default="maths")
+    p.add_argument("--methods", help="comma-separated subset of the suite's methods")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (>= 3 for intervals)")
+    p.add_argument("--quick", action="store_true", help="tiny model, 4 steps: minutes")
+    p.add_argument("--eval-every", type=int, default=0, help="held-out eval every N steps")
+    p.add_argument("--target", type=float, help="training reward for 'steps to target'")
+    p.add_argument("--runs-dir", help="where the runs go (default runs/bench_methods/...)")
+    p.add_argument("--out", help="results folder (default benchmarks/results/methods-...)")
+    p.add_argument("overrides", nargs="*", help="key=value applied to every run")
+    ns = p.parse_args(argv)
+    suite = SUITES[ns.suite]
+    ns.method_names = ns.methods.split(",") if ns.methods else list(suite["methods"])
+    unknown = [m for m in ns.method_names if m not in suite["methods"]]
+    if unknown:
+        p.error(f"--methods: {unknown} not in suite {ns.suite!r} ({', '.join(suite['methods'])})")
+    ns.seed_list = [int(s) for s in ns.seeds.split(",") if s.strip()]
+    tag = f"methods-{ns.suite}{'-quick' if ns.quick else ''}"
+    ns.runs_dir = Path(ns.runs_dir or f"runs/bench_methods/{tag}")
+    ns.out = Path(ns.out or f"benchmarks/results/{tag}")
+    ns.target = suite["target"] if ns.target is None else ns.target
+    return ns
+
+
+def config_path(relative: str) -> Path | None:
+    """The suite's config, relative to the working directory or else to the repository."""
+    for base in (Path.cwd(), REPO):
+        if (base / relative).is_file():
+            return base / relative
+    return None
+
+
+def train_command(ns: argparse.Namespace, method: str, seed: int, config: Path) -> list[str]:
+    baseline = SUITES[ns.suite]["baseline"]
+    args = [sys.executable, "-m", "tandemrl.cli", "train", str(config), f"seed={seed}"]
+    args += [f"output_dir={ns.runs_dir / method / f'seed{seed}'}", *COMMON]
+    args += QUICK if ns.quick else []
+    args += [f"eval.before={'true' if method == baseline else 'false'}"]
+    if ns.eval_every:
+        args.append(f"eval.every={ns.eval_every}")
+    return args + list(ns.overrides)
+
+
+def launch(cmd: list[str], log: Path) -> int:
+    """Run one training process, its output to `log`; its exit code."""
+    with log.open("w") as out:
+        return subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
+
+
+def run_one(cmd: list[str], run_dir: Path) -> tuple[list[dict], dict]:
+    """Train (unless this exact command already finished there); return records, summary."""
+    stamp = run_dir / "bench_command.json"
+    summary_path = run_dir / "summary.json"
+    same = stamp.is_file() and json.loads(stamp.read_text()) == cmd[1:]
+    if not (same and summary_path.is_file()):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        summary_path.unlink(missing_ok=True)
+        stamp.write_text(json.dumps(cmd[1:]))
+        code = launch(cmd, run_dir / "bench.log")
+        if code:
+            tail = "\n".join((run_dir / "bench.log").read_text().splitlines()[-12:])
+            raise RuntimeError(f"exit {code}; last lines of {run_dir}/bench.log:\n{tail}")
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()], json.loads(
+        summary_path.read_text()
+    )
+
+
+def share_before(runs: list[dict[str, Any]], baseline: str) -> None:
+    """Give every method's curve the baseline's step-0 point of the same seed."""
+    before = {
+        r["seed"]: r["heldout_curve"][0]
+        for r in runs
+        if r["method"] == baseline and r["heldout_curve"] and r["heldout_curve"][0][0] == 0
+    }
+    for r in runs:
+        if r["seed"] in before and not (r["heldout_curve"] and r["heldout_curve"][0][0] == 0):
+            r["heldout_curve"].insert(0, list(before[r["seed"]]))
+
+
+def plot(runs: list[dict[str, Any]], out: Path) -> list[str]:
+    """reward.png (per method: mean training reward over seeds, min-max band) and
+    heldout.png (per method: mean held-out accuracy over seeds at each evaluated step)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    written = []
+    for name, key in (("reward.png", "reward_curve"), ("heldout.png", "heldout_curve")):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for method in methods:
+            group = [r for r in runs if r["method"] == method]
+            if key == "reward_curve":
+                steps = range(1, max(len(r[key]) for r in group) + 1)
+                cols = [[r[key][i] for r in group if i < len(r[key])] for i in range(len(steps))]
+            else:
+                points = sorted({s for r in group for s, _ in r[key]})
+                steps = points
+                cols = [[a for r in group for s, a in r[key] if s == p] for p in points]
+            cols = [[v for v in c if math.isfinite(v)] for c in cols]
+            mean = [sum(c) / len(c) if c else math.nan for c in cols]
+            line = ax.plot(list(steps), mean, marker="o" if key != "reward_curve" else None,
+                           label=f"{method} ({len(group)} seeds)")  # fmt: skip
+            lo = [min(c) if c else math.nan for c in cols]
+            hi = [max(c) if c else math.nan for c in cols]
+            ax.fill_between(list(steps), lo, hi, alpha=0.15, color=line[0].get_color())
+        ax.set_xlabel("step")
+        ax.set_ylabel("training reward" if key == "reward_curve" else "held-out greedy accuracy")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        written.append(name)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = parse_args(sys.argv[1:] if argv is None else argv)
+    suite = SUITES[ns.suite]
+    plan, pending = [], {}
+    for method in ns.method_names:
+        config = config_path(suite["methods"][method])
+        if config is None:
+            pending[method] = f"config {suite['methods'][method]} not found"
+            continue
+        plan += [(method, seed, config) for seed in ns.seed_list]
+    runs, failed = [], {}
+    started = time.perf_counter()
+    for i, (method, seed, config) in enumerate(plan, 1):
+        elapsed = time.perf_counter() - started
+        eta = (
+            f", about {elapsed / (i - 1) * (len(plan) - i + 1) / 60:.0f} min left" if i > 1 else ""
+        )
+        print(
+            f"[bench methods] {i}/{len(plan)} {method} seed {seed}{eta}",
+            file=sys.stderr,
+            flush=True,
+        )
+        cmd = train_command(ns, method, seed, config)
+        try:
+            records, summary = run_one(cmd, ns.runs_dir / method / f"seed{seed}")
+        except RuntimeError as err:  # one broken method must not cost the others' results
+            failed[f"{method}/seed{seed}"] = str(err)
+            print(f"[bench methods] {method} seed {seed} failed: {err}", file=sys.stderr)
+            continue
+        runs.append(run_record(method, seed, records, summary, ns.target))
+    share_before(runs, suite["baseline"])
+    summary = aggregate(runs)
+    ns.out.mkdir(parents=True, exist_ok=True)
+    command = "tandem bench methods " + shlex.join(sys.argv[3:] if argv is None else argv)
+    result = {
+        "benchmark": "methods",
+        "command": command.strip(),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "versions": versions(),
+        "settings": {
+            "suite": ns.suite,
+            "quick": ns.quick,
+            "seeds": ns.seed_list,
+            "target_reward": ns.target,
+            "overrides": ns.overrides,
+        },  # fmt: skip
+        "runs": runs,
+        "summary": summary,
+        "failed": failed,
+        "pending": pending,
+    }
+    (ns.out / "results.json").write_text(json.dumps(result, indent=2))
+    figures = plot(runs, ns.out) if runs else []
+    table = markdown_table(summary, suite["baseline"])
+    lines = [f"# Methods on `{ns.suite}`{' (quick: tiny random model)' if ns.quick else ''}", "",
+             f"`{result['command']}` ({result['date']}, {result['machine']['nproc']} cores, "
+             f"{result['machine']['cpu']}, commit {result['versions'].get('git_commit')})", "",
+             "Held-out metrics after training: mean ± 95% t-interval over seeds. Steps to target:"
+             f" first step whose trailing 5-step mean training reward reaches {ns.target}.", "",
+             table, ""]  # fmt: skip
+    lines += [f"![{f}]({f})" for f in figures]
+    for name, why in {**pending, **failed}.items():
+        lines.append(f"- not measured: {name}: {why.splitlines()[0]}")
+    (ns.out / "results.md").write_text("\n".join(lines) + "\n")
+    print(table)
+    print(f"[bench methods] wrote {ns.out}/results.json, results.md, {', '.join(figures)}")
+    return 1 if failed and not runs else 0

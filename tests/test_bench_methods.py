@@ -1,0 +1,106 @@
+"""`tandem bench methods`: the statistics by hand, and one tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from tandemrl.bench import method_stats as ms
+from tandemrl.bench import methods as bm
+
+
+def test_mean_ci_matches_the_t_interval_by_hand():
+    # mean 2, s = sqrt(((1-2)^2 + 0 + (3-2)^2) / 2) = 1, half = 4.303 * 1 / sqrt(3)
+    out = ms.mean_ci([1.0, 2.0, 3.0])
+    assert out["n"] == 3 and out["mean"] == pytest.approx(2.0)
+    assert out["std"] == pytest.approx(1.0)
+    assert out["ci95"] == pytest.approx(4.303 / math.sqrt(3))
+    # two values: df = 1, t = 12.706; NaN is dropped
+    two = ms.mean_ci([0.25, 0.75, math.nan])
+    assert two["n"] == 2 and two["ci95"] == pytest.approx(12.706 * math.sqrt(0.125) / math.sqrt(2))
+    assert math.isnan(ms.mean_ci([0.5])["ci95"]) and ms.mean_ci([])["n"] == 0
+
+
+def test_steps_to_target_uses_the_trailing_mean():
+    rewards = [0.0, 1.0, 0.0, 1.0, 1.0]
+    # trailing 2-step means: 0, .5, .5, .5, 1
+    assert ms.steps_to_target(rewards, 0.5, window=2) == 2
+    assert ms.steps_to_target(rewards, 0.9, window=2) == 5
+    assert ms.steps_to_target(rewards, 1.1, window=2) is None
+    # window 1 is the raw reward
+    assert ms.steps_to_target(rewards, 1.0, window=1) == 2
+
+
+def test_run_record_reads_the_served_policy_and_the_eval_points():
+    records = [
+        {"exploit/reward/mean": 0.2, "explore/reward/mean": 0.9, "exploit/reward/std": 0.1,
+         "exploit/entropy/mean": 1.0},
+        {"exploit/reward/mean": 0.6, "explore/reward/mean": 0.9, "exploit/reward/std": 0.3,
+         "exploit/entropy/mean": 0.5},
+    ]  # fmt: skip
+    summary = {
+        "eval/step_1": {"accuracy": 0.3},
+        "eval/after": {"accuracy": 0.5, "pass@4": 0.75, "sampled_accuracy": 0.4, "n": 8},
+        "median_step_s": 2.0,
+    }
+    rec = ms.run_record("dupo", 1, records, summary, target=0.4, window=2)
+    assert rec["reward_curve"] == [0.2, 0.6]  # exploit/, not explore/
+    assert rec["steps_to_target"] == 2  # (0.2 + 0.6) / 2 = 0.4
+    assert rec["reward_std_mean"] == pytest.approx(0.2)
+    assert rec["entropy_mean"] == pytest.approx(0.75)
+    assert rec["heldout_curve"] == [[1, 0.3], [2, 0.5]]
+    assert rec["heldout"] == {"accuracy": 0.5, "pass@4": 0.75, "sampled_accuracy": 0.4}
+
+
+def _run(method, seed, acc, rewards):
+    return {"method": method, "seed": seed, "reward_curve": rewards, "heldout": {"accuracy": acc},
+            "reward_std_mean": 0.1, "entropy_mean": 1.0, "median_step_s": 3.0,
+            "steps_to_target": ms.steps_to_target(rewards, 0.5, 1)}  # fmt: skip
+
+
+def test_aggregate_and_table_say_when_a_method_is_within_noise():
+    runs = [_run("grpo", s, a, [0.0, 0.6]) for s, a in enumerate([0.40, 0.42, 0.44])]
+    runs += [_run("new", s, a, [0.0, 0.0]) for s, a in enumerate([0.30, 0.50, 0.70])]
+    runs += [_run("bad", s, a, [0.0, 0.0]) for s, a in enumerate([0.10, 0.11, 0.12])]
+    summary = ms.aggregate(runs)
+    assert summary["grpo"]["heldout"]["accuracy"]["mean"] == pytest.approx(0.42)
+    assert summary["grpo"]["steps_to_target"]["reached"] == 3
+    assert summary["new"]["steps_to_target"]["reached"] == 0
+    table = ms.markdown_table(summary, baseline="grpo")
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()[2:]}
+    assert "baseline" in rows["grpo"]
+    assert "+0.080 (within noise)" in rows["new"]  # wide interval: 0.5 - 0.42, not a win
+    assert "-0.310 (intervals apart)" in rows["bad"]
+    assert "2.0 ± 0.0 (3/3 seeds)" in rows["grpo"]
+
+
+def test_unknown_method_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        bm.parse_args(["--suite", "fc", "--methods", "sum,grpo"])
+    assert "not in suite 'fc'" in capsys.readouterr().err
+
+
+def test_quick_run_writes_results_and_reuses_finished_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # configs resolve from the repository
+    args = ["--quick", "--methods", "grpo,dpo", "--seeds", "0", "--runs-dir", "r",
+            "--out", "out", "steps=2", "eval.every=0"]  # fmt: skip
+    assert bm.main(args) == 0
+    result = json.loads((tmp_path / "out/results.json").read_text())
+    assert set(result["summary"]) == {"grpo", "dpo"} and not result["failed"]
+    grpo = next(r for r in result["runs"] if r["method"] == "grpo")
+    assert grpo["steps"] == 2 and len(grpo["reward_curve"]) == 2
+    dpo = next(r for r in result["runs"] if r["method"] == "dpo")
+    assert dpo["heldout_curve"][0][0] == 0  # the baseline's before point, shared
+    for name in ("results.md", "reward.png", "heldout.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    # a second call finds both runs finished and does not train again
+    calls = []
+    monkeypatch.setattr(bm, "launch", lambda *a: calls.append(a))
+    assert bm.main(args) == 0 and calls == []
+    # a changed command line retrains (here: the stubbed process fails, and it says so)
+    monkeypatch.setattr(bm, "launch", lambda *a: 3)
+    assert bm.main([*args[:-1], "eval.every=1"]) == 1
+    failed = json.loads((tmp_path / "out/results.json").read_text())["failed"]
+    assert set(failed) == {"grpo/seed0", "dpo/seed0"} and "exit 3" in failed["grpo/seed0"]
