@@ -11,6 +11,7 @@ import pytest
 
 from tandemrl.tasks import RewardSpec, run_reward
 from tandemrl.tasks.duality_score import (
+    accuracy_matrix,
     backward_accuracy,
     distance_reward,
     dual_rerank,
@@ -260,3 +261,23 @@ def test_run_reward_uses_the_functions_own_time_limit():
     assert outcome.values == [None] and outcome.errors == 1
     slow.timeout_s = 5.0
     assert run_reward(RewardSpec("slow", slow), [PROMPT], ["a"], {}).values == [1.0]
+
+
+def test_an_answer_equal_to_the_hidden_number_is_not_scored():
+    # A policy that copies the number after "=": for the answer 26 (a copy of an operand) the
+    # question "x - 54 = 26" states its own hidden number, so copying would "recover" it.
+    def copier(prompts, n, **_):
+        rhs = [re.search(r"= (-?\d+)", p[-1]["content"]).group(1) for p in prompts]
+        return [f"Answer: {v}" for v in rhs for _ in range(n)]
+
+    assert accuracy_matrix(["26", "-28"], ["26", "54"], ["26", "26", "-28", "-28"], 1) == [
+        [None, 0.0],
+        [0.0, 0.0],
+    ]
+    fn = reward(gen=copier)
+    assert fn([PROMPT] * 2, ["Answer: 26", "Answer: -28"]) == [None, None]  # all filtered
+    assert fn.pop_metrics()["dual/leak_frac"] == 0.25  # 1 of 4 (answer, question) pairs
+    unfiltered = reward(DualityConfig(filter=False), gen=copier)
+    assert unfiltered([PROMPT] * 2, ["Answer: 26", "Answer: -28"]) == [0.0, 0.0]
+    assert duality_rewards([[None, 1.0], [None, None]]) == [1.0, None]
+    assert unique_recovery([None, 1.0]) and not unique_recovery([None, None])

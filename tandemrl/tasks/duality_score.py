@@ -6,6 +6,7 @@ reconstructions of h_q from the question written with a_i:
 
     backward accuracy   b_{i,q} = (1/K) Σ_k 1[x̂_{i,q,k} = h_q]
     recovered           R_{i,q} = b_{i,q} ≥ τ                      (τ = 0.5)
+    leak                b_{i,q} unscored when a_i = h_q (the question states its answer)
     filter (paper)      keep q iff Σ_i R_{i,q} = 1  over the distinct candidate answers
     reward              r_i = mean_{q kept} b_{i,q}    (None when no q is kept)
 
@@ -30,6 +31,7 @@ from tandemrl.tasks.extraction import extract_number
 from tandemrl.tasks.verify import numbers_equal
 
 __all__ = [
+    "accuracy_matrix",
     "backward_accuracy",
     "distance_reward",
     "dual_rerank",
@@ -55,13 +57,38 @@ def backward_accuracy(completions: Sequence[str], hidden: str) -> float:
     return sum(recovered(c, hidden) for c in completions) / len(completions)
 
 
-def unique_recovery(accuracies: Sequence[float], threshold: float = 0.5) -> bool:
+def unique_recovery(accuracies: Sequence[float | None], threshold: float = 0.5) -> bool:
     """The paper's filter for one dual question: exactly one candidate answer recovers the
-    hidden number (backward accuracy ≥ ``threshold``)."""
-    return sum(a >= threshold for a in accuracies) == 1
+    hidden number (backward accuracy ≥ ``threshold``; None = not scored, never recovers)."""
+    return sum(a is not None and a >= threshold for a in accuracies) == 1
 
 
-def keep_questions(accuracy: Sequence[Sequence[float]], threshold: float = 0.5) -> list[bool]:
+def accuracy_matrix(
+    answers: Sequence[str], hidden: Sequence[str], reconstructions: Sequence[str], k: int
+) -> list[list[float | None]]:
+    """b[i][q]: backward accuracy of answer i on question q (hidden number ``hidden[q]``) from
+    ``reconstructions`` laid out answer-major, ``k`` per (answer, question).
+
+    None where the answer equals the hidden number: its dual question then states the number
+    it asks for (``x - 54 = 26`` for hidden 26), so a model that copies it "recovers" it.
+    Measured on SmolLM2-135M: without this, answers that repeat a number of the problem
+    earned the reward and training drifted to them (docs/duality.md)."""
+    out: list[list[float | None]] = []
+    for i, answer in enumerate(answers):
+        row: list[float | None] = []
+        for q, h in enumerate(hidden):
+            j = i * len(hidden) + q
+            leaks = numbers_equal(answer, h)
+            row.append(
+                None if leaks else backward_accuracy(reconstructions[j * k : (j + 1) * k], h)
+            )
+        out.append(row)
+    return out
+
+
+def keep_questions(
+    accuracy: Sequence[Sequence[float | None]], threshold: float = 0.5
+) -> list[bool]:
     """``unique_recovery`` per question; ``accuracy[i][q]`` = candidate i on question q."""
     if not accuracy:
         return []
@@ -71,14 +98,13 @@ def keep_questions(accuracy: Sequence[Sequence[float]], threshold: float = 0.5) 
 
 
 def duality_rewards(
-    accuracy: Sequence[Sequence[float]], keep: Sequence[bool] | None = None
+    accuracy: Sequence[Sequence[float | None]], keep: Sequence[bool] | None = None
 ) -> list[float | None]:
-    """r_i = mean over kept questions of ``accuracy[i][q]``; None when none is kept.
-
-    ``keep`` None keeps every question (no filter)."""
+    """r_i = mean over kept questions of ``accuracy[i][q]`` (None entries left out); None
+    when none is left. ``keep`` None keeps every question (no filter)."""
     out: list[float | None] = []
     for row in accuracy:
-        kept = [a for q, a in enumerate(row) if keep is None or keep[q]]
+        kept = [a for q, a in enumerate(row) if (keep is None or keep[q]) and a is not None]
         out.append(sum(kept) / len(kept) if kept else None)
     return out
 

@@ -7,7 +7,9 @@ reconstructs the hidden part x_u from (y, x_k): r(y) = exp(−λ·d(x_u, x̂_u))
   picks and masks it). Per prompt the distinct final answers of its G responses are the
   candidates; each candidate's dual questions are sampled ``samples`` times and scored 1 when
   the hidden number comes back; the unknown-component filter keeps a question only when
-  exactly one candidate recovers it; r_i = mean backward accuracy over the kept questions
+  exactly one candidate recovers it; a question whose hidden number equals the candidate's
+  answer is not scored for it (the question would state the number it asks for);
+  r_i = mean backward accuracy over the kept questions
   (formulas in ``tandemrl.tasks.duality_score``). No answer in y: r = 0. A problem with no
   usable number, or whose questions the filter drops: r = None (abstain).
 - Translation (``TranslationDualityReward``): back-translate the extracted translation into
@@ -17,7 +19,8 @@ reconstructs the hidden part x_u from (y, x_k): r(y) = exp(−λ·d(x_u, x̂_u))
 ``gold_weight`` > 0 adds the task's own (labelled) rewards with that weight. Metrics, per
 step: ``dual/generate_s`` (seconds sampling reconstructions, inside ``time/reward_s``),
 ``dual/samples`` (reconstructions sampled), ``dual/samples_per_response``, ``dual/prompts``,
-``dual/backward_acc``, ``dual/skipped_frac`` (rows whose problem had no dual question),
+``dual/backward_acc``, ``dual/leak_frac`` (questions whose hidden number is the answer
+itself, left unscored), ``dual/skipped_frac`` (rows whose problem had no dual question),
 ``dual/filtered_frac`` (questions the filter dropped), ``dual/unparsed_frac``. When the data
 has an ``answer`` column, ``dual/reward_if_correct`` and ``dual/reward_if_wrong`` show how the
 reward separates right from wrong answers; the label is read for these two numbers only.
@@ -41,7 +44,7 @@ from tandemrl.tasks.duality import (
     build_dual_questions,
 )
 from tandemrl.tasks.duality_score import (
-    backward_accuracy,
+    accuracy_matrix,
     distance_reward,
     duality_rewards,
     keep_questions,
@@ -171,6 +174,8 @@ class _DualReward:
         for key, total in (("backward_acc", "acc_n"), ("filtered_frac", "questions")):
             if s.get(total):
                 out[f"dual/{key}"] = s.get(key, 0.0) / s[total]
+        if s.get("prompts"):
+            out["dual/leak_frac"] = s.get("leaks", 0.0) / s["prompts"]
         if "skipped" in s:
             out["dual/skipped_frac"] = s["skipped"] / rows
         for key in ("correct", "wrong"):
@@ -224,20 +229,19 @@ class MathDualityReward(_DualReward):
             if not duals.usable:
                 skipped += len(rows)
                 continue
-            acc = []
-            for _answer in candidates:
-                row = []
-                for q in duals.questions:
-                    row.append(backward_accuracy(recon[cursor * k : (cursor + 1) * k], q.hidden))
-                    cursor += 1
-                acc.append(row)
+            hidden = [q.hidden for q in duals.questions]
+            width = len(candidates) * len(hidden)
+            acc = accuracy_matrix(candidates, hidden, recon[cursor * k : (cursor + width) * k], k)
+            cursor += width
             keep = keep_questions(acc, cfg.threshold) if cfg.filter and acc else None
             per_candidate = dict(zip(candidates, duality_rewards(acc, keep), strict=True))
             for i in rows:
                 rewards[i] = 0.0 if said[i] is None else per_candidate[said[i]]
+            scored = [a for r in acc for a in r if a is not None]
             self._add(
-                acc_n=float(sum(len(r) for r in acc)),
-                backward_acc=float(sum(sum(r) for r in acc)),
+                acc_n=float(len(scored)),
+                backward_acc=float(sum(scored)),
+                leaks=float(sum(a is None for r in acc for a in r)),
                 questions=float(len(duals.questions)) if keep is not None else 0.0,
                 filtered_frac=float(keep.count(False)) if keep is not None else 0.0,
             )

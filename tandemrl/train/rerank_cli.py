@@ -26,7 +26,7 @@ from tandemrl.models import load_model
 from tandemrl.tasks import get_task
 from tandemrl.tasks.duality import build_dual_questions
 from tandemrl.tasks.duality_score import (
-    backward_accuracy,
+    accuracy_matrix,
     dual_rerank,
     duality_rewards,
     keep_questions,
@@ -136,13 +136,7 @@ def _score_problem(
     task, ex, cands, greedy, answers, duals, distinct, recon, k, threshold
 ) -> dict[str, Any]:
     """One problem's picks, their correctness and the candidates' dual scores."""
-    acc, j = [], 0
-    for _ in distinct:
-        row = []
-        for q in duals.questions:
-            row.append(backward_accuracy(recon[j * k : (j + 1) * k], q.hidden))
-            j += 1
-        acc.append(row)
+    acc = accuracy_matrix(distinct, [q.hidden for q in duals.questions], recon, k)
     usable = duals.usable and bool(acc)
     plain = dict(zip(distinct, duality_rewards(acc), strict=True)) if usable else {}
     kept = duality_rewards(acc, keep_questions(acc, threshold)) if usable else []
