@@ -135,6 +135,16 @@ def test_plan_alternates_frameworks_and_adds_missing_baselines():
     assert [name for _, name, _, _ in bench_speed.plan(ns)] == ["grpo", "policy_split"]
 
 
+def test_prompt_lengths_count_token_ids_of_the_templated_prompt():
+    from tandemrl.models.tiny import build_tiny_tokenizer
+    from tandemrl.tasks import get_task
+
+    content = get_task("arith2").train_examples()[0].messages[0]["content"]
+    # byte-level: <|im_start|> "user\n" content <|im_end|> "\n" <|im_start|> "assistant\n"
+    expected = 3 + len(f"user\n{content}\nassistant\n".encode())
+    assert bench_speed.prompt_lengths(build_tiny_tokenizer(), "arith2", prompts=1) == [expected]
+
+
 def test_parse_args_rejects_unknown_values():
     with pytest.raises(SystemExit):
         bench_speed.parse_args(["--configs", "lora,qlora"])

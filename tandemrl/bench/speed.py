@@ -132,13 +132,53 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> dict[str, float]:
     }
 
 
+def prompt_lengths(tokenizer: Any, task: str, prompts: int = 256) -> list[int]:
+    """Token counts of the first `prompts` training prompts, chat template applied (the
+    template is rendered to text, then tokenized: the count is the ids', not a dict's keys)."""
+    from tandemrl.tasks import get_task
+
+    examples = list(get_task(task).train_examples())[:prompts]
+    texts = [
+        tokenizer.apply_chat_template(ex.messages, tokenize=False, add_generation_prompt=True)
+        for ex in examples
+    ]
+    return [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+
+
+def resummarize(path: str | Path) -> dict[str, Any]:
+    """Recompute the prompt length and the summary of a written result (no model runs; the
+    tokenizer only), e.g. after a fix of the statistics; rewrites its .json and .md."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    result = json.loads(path.read_text())
+    st = result["settings"]
+    if st["model"] == "smollm2-135m":
+        from tandemrl.models.packaged import cache_root
+
+        tok = AutoTokenizer.from_pretrained(cache_root() / "models" / "smollm2-135m")
+    elif st["model"] == "tiny":
+        from tandemrl.models.tiny import build_tiny_tokenizer
+
+        tok = build_tiny_tokenizer()
+    else:
+        tok = AutoTokenizer.from_pretrained(st["model"])
+    lengths = prompt_lengths(tok, st["task"])
+    result["model_facts"]["prompt_tokens_mean"] = sum(lengths) / len(lengths)
+    ns = argparse.Namespace(**st)
+    peaks = result["summary"]["matmul_peak"]["measurements"]
+    result["summary"] = summarize(result["runs"], result["model_facts"], peaks, ns)
+    path.write_text(json.dumps(result, indent=2))
+    path.with_suffix(".md").write_text(to_markdown(result))
+    return result
+
+
 def model_facts(model: str, task: str, lora_r: int, prompts: int = 256) -> dict[str, float]:
     """Parameter counts for the FLOP estimate and the mean chat-templated prompt length."""
     import torch
 
     from tandemrl.models import load_model
     from tandemrl.models.adapters import LoraConfig, apply_lora
-    from tandemrl.tasks import get_task
 
     loaded = load_model(model, "float32")
     m = loaded.model
@@ -151,12 +191,7 @@ def model_facts(model: str, task: str, lora_r: int, prompts: int = 256) -> dict[
     total = sum(p.numel() for p in m.parameters())
     lora = apply_lora(m, LoraConfig(r=lora_r, alpha=2 * lora_r))
     adapter = sum(p.numel() for n, p in lora.named_parameters() if "lora_" in n)
-    examples = list(get_task(task).train_examples())[:prompts]
-    tok = loaded.tokenizer
-    lengths = [
-        len(tok.apply_chat_template(ex.messages, add_generation_prompt=True, tokenize=True))
-        for ex in examples
-    ]
+    lengths = prompt_lengths(loaded.tokenizer, task, prompts)
     return {
         "total_params": total,
         "body_params": body,
@@ -494,6 +529,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results", help="directory of the results")
     p.add_argument("--name", default=None, help="file stem (default speed-<date>)")
+    p.add_argument(
+        "--resummarize", metavar="JSON", help="recompute the summary of a written result only"
+    )
     ns = p.parse_args(argv)
     ns.what = [w for w in ns.what.split(",") if w]
     ns.configs = [c for c in ns.configs.split(",") if c]
@@ -530,6 +568,9 @@ def plan(ns: argparse.Namespace) -> list[tuple[str, str, str, int]]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ns = parse_args(argv)
+    if ns.resummarize:
+        print(to_markdown(resummarize(ns.resummarize)))
+        return 0
     from tandemrl.bench.trl_grpo import INSTALL_HINT, trl_available
 
     if "speed" in ns.what and not trl_available():
