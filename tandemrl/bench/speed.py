@@ -168,6 +168,11 @@ def resummarize(path: str | Path) -> dict[str, Any]:
     ns = argparse.Namespace(**st)
     peaks = result["summary"]["matmul_peak"]["measurements"]
     result["summary"] = summarize(result["runs"], result["model_facts"], peaks, ns)
+    result["resummarized"] = {
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "command": f"tandem bench speed --resummarize {path}",
+        "git_commit": versions()["git_commit"],
+    }
     path.write_text(json.dumps(result, indent=2))
     path.with_suffix(".md").write_text(to_markdown(result))
     return result
@@ -495,6 +500,13 @@ def to_markdown(result: dict[str, Any]) -> str:
             for t in s["targets"]
         ]
         lines += ["## Targets", "", report.markdown_table(("target", "measured", "limit", "met"), rows), ""]  # fmt: skip
+    again = result.get("resummarized")
+    if again:
+        lines += [
+            f"Summary recomputed from the runs' records on {again['date']} with "
+            f"`{again['command']}` (commit {again['git_commit']}); the runs are unchanged.",
+            "",
+        ]
     lines += ["## Runs (step times, s; step 1 is warm-up)", ""]
     for run in result["runs"]:
         steps = ", ".join(report.fmt(x["step_s"]) for x in run["per_step"])
