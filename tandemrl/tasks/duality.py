@@ -24,8 +24,9 @@ Which numbers are skipped (each skipped number carries its reason, in ``DualSet.
   followed by ``^``/``**`` (``2^10``: both numbers);
 - a function argument: inside ``(...)`` opened right after a letter (``f(3)``, ``\\sin(30)``);
 - a range bound: ``between A and B``, ``from A to B``;
-- a repeated value: every copy of a value that occurs more than once, since masking one copy
-  leaves the number in view (``Calculate 3 * 3.`` has no usable number).
+- a repeated value: every copy of a value that occurs more than once (digits inside words
+  not counted), since masking one copy leaves the number in view (``Calculate 3 * 3.`` has no
+  usable number).
 
 Numbers follow ``tandemrl.tasks.extraction`` (decimals, ``1,234``, the Unicode minus): a
 ``-`` is part of the number when it is a sign (``Calculate -3 + 5``, ``= -3``), and an operator
