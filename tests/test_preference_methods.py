@@ -126,7 +126,8 @@ def test_a_step_without_any_reward_gap_skips_the_update():
     task.rewards = [RewardSpec("flat", lambda prompts, completions, **kw: [0.5] * len(completions))]
     metrics = method.step(0, task.train_examples()[:2])
     assert metrics["pairs/used"] == 0.0 and metrics["pairs/skipped"] == 2.0
-    assert metrics["update_skipped"] == 1.0 and math.isnan(metrics["loss"])
+    assert metrics["update_empty"] == 1.0 and math.isnan(metrics["loss"])
+    assert metrics["update_skipped"] == 0.0  # nothing to learn is not a non-finite fault
     assert all(torch.equal(a, b) for a, b in zip(before, method.policy.parameters(), strict=True))
 
 
@@ -247,6 +248,19 @@ def test_microbatches_give_the_full_batch_loss_and_gradient(tmp_path):
 DOCUMENTED = {"reward/mean", "loss", "grad_norm", "lr", "pairs/used", "pairs/skipped",
               "pairs/reward_gap_mean", "time/step_s", "time/generate_s", "time/update_s"}  # fmt: skip
 PAIR_METRICS = {"loss", "chosen_reward", "rejected_reward", "reward_margin", "accuracy"}
+
+
+def test_steps_without_pairs_do_not_stop_the_run(tmp_path):
+    # untrained tiny model on arithmetic: reward 0 everywhere, so no step ever has a pair
+    out = tmp_path / "run"
+    args = ["train", "method=ipo", "model=tiny", "task=basic_arithmetic", "steps=4",
+            "faults.max_nonfinite_steps=2", "rollout.prompts_per_step=2", "rollout.group_size=2",
+            "rollout.max_new_tokens=4", f"output_dir={out}", "eval.after=false",
+            "eval.before=false", "log.progress=false"]  # fmt: skip
+    assert main(args) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["update_empty"] for r in records] == [1.0] * 4
+    assert all(r["nonfinite/consecutive"] == 0 for r in records)
 
 
 @pytest.mark.parametrize(

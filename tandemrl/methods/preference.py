@@ -170,7 +170,8 @@ class PreferenceMethod(Method):
         t1 = time.perf_counter()
         if n_pairs == 0:  # no group had a reward gap: nothing to prefer
             self.scheduler.step()
-            metrics.update({"loss": float("nan"), "update_skipped": 1.0})
+            # Not a fault: `update_skipped` (which stops a run after a streak) stays 0.
+            metrics.update({"loss": float("nan"), "update_skipped": 0.0, "update_empty": 1.0})
             metrics.update({"lr": self.scheduler.get_last_lr()[0], "time/generate_s": t1 - t0})
             return metrics
         pairs.extras["ref_logp"] = self.reference_logps(pairs)
@@ -200,6 +201,7 @@ class PreferenceMethod(Method):
             )
         metrics.update(pair_metrics)
         metrics.update({k: out[k] for k in ("loss", "grad_norm", "lr", "update_skipped")})
+        metrics["update_empty"] = 0.0
         metrics.update(
             {
                 "response/chosen_length_mean": lengths.float().mean().item(),
