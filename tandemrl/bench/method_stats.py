@@ -15,6 +15,8 @@ import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from tandemrl.bench.report import finite_values
+
 # Two-sided 95% Student t quantiles t_{0.975, df} for df = 1..30 (beyond: the normal 1.960).
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
          2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
@@ -37,7 +39,7 @@ def mean_ci(values: Iterable[float], level_t: Sequence[float] = _T975) -> dict[s
         half = t_{0.975, n-1} * s / sqrt(n),  s = sqrt(sum (x - mean)^2 / (n - 1))
 
     NaN values are dropped; with one value the half-width is NaN (no spread to estimate)."""
-    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    xs = finite_values(values)
     n = len(xs)
     if n == 0:
         return {"n": 0, "mean": math.nan, "std": math.nan, "ci95": math.nan}
@@ -71,7 +73,7 @@ def moving_average(values: Sequence[float], window: int) -> list[float]:
     """Trailing mean over the last `window` finite values (fewer at the start)."""
     out = []
     for i in range(len(values)):
-        part = [v for v in values[max(0, i - window + 1) : i + 1] if math.isfinite(v)]
+        part = finite_values(values[max(0, i - window + 1) : i + 1])
         out.append(sum(part) / len(part) if part else math.nan)
     return out
 
@@ -86,7 +88,7 @@ def steps_to_target(rewards: Sequence[float], target: float, window: int = 5) ->
 
 
 def finite_mean(values: Iterable[float]) -> float:
-    xs = [v for v in values if math.isfinite(v)]
+    xs = finite_values(values)
     return sum(xs) / len(xs) if xs else math.nan
 
 

@@ -28,9 +28,14 @@ def measured_steps(per_step: Sequence[dict[str, Any]], warmup: int = 1) -> list[
     return list(per_step[warmup:]) or list(per_step)
 
 
+def finite_values(values: Iterable[float | None]) -> list[float]:
+    """The values that are numbers and finite (None, NaN and inf dropped), as floats."""
+    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
+
+
 def median(values: Iterable[float]) -> float:
     """Median of the finite values; NaN when there are none."""
-    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    finite = finite_values(values)
     return statistics.median(finite) if finite else math.nan
 
 
