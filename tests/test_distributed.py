@@ -92,8 +92,9 @@ def test_two_ranks_make_the_single_process_update(one_and_two_processes, name, k
     assert moved > 1e-3
     for key, value in one["params"].items():
         # Adam divides by sqrt(v): where a gradient is ~0 float reassociation (two partial
-        # sums instead of one) moves an element by up to ~1e-5 of lr=1e-2.
-        torch.testing.assert_close(two["params"][key], value, atol=2e-5, rtol=1e-4)
+        # sums instead of one; prompts shared over other rows) moves an element by up to
+        # a few 1e-5 of lr=1e-2.
+        torch.testing.assert_close(two["params"][key], value, atol=5e-5, rtol=1e-4)
 
 
 def test_metrics_combine_by_kind():

@@ -1,7 +1,12 @@
-"""Per-token log-probabilities and entropies of the responses in a batch, in one forward.
+"""Per-token log-probabilities and entropies of the responses in a batch.
 
 Only the response positions go through the LM head (`logits_to_keep`): the vocabulary
 projection is the largest single matmul of a small model, and prompt positions never need it.
+
+Responses of one group share their prompt. When a batch holds repeated prompts, each distinct
+prompt is run once and its key/value cache is copied to the rows that use it, so the prompt's
+tokens cost one forward (and one backward) per group instead of one per response. The result
+equals a forward over `cat(prompt, response)` per row, gradients included.
 """
 
 from __future__ import annotations
@@ -20,6 +25,67 @@ class TokenScores:
     entropy: torch.Tensor | None  # [B, T] entropy of π(· | prompt, y_<t)
 
 
+def distinct_prompts(
+    prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first, inverse): row `first[u]` holds the u-th distinct prompt and row b's prompt is
+    `first[inverse[b]]`. Padding is masked out of the comparison, so it never tells prompts apart
+    or makes two different prompts look equal."""
+    key = torch.cat([prompt_ids * prompt_mask, prompt_mask], dim=1)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    rows = torch.arange(len(inverse))
+    first = torch.full((int(inverse.max()) + 1,), len(inverse), dtype=torch.long)
+    first = first.scatter_reduce(0, inverse, rows, reduce="amin")
+    return first, inverse
+
+
+def _logits_per_row(model, p_ids, p_mask, response_ids, response_mask) -> torch.Tensor:
+    """[B, T, V] logits predicting each response token, one forward over prompt + response."""
+    input_ids = torch.cat([p_ids, response_ids], dim=1)
+    attention_mask = torch.cat([p_mask, response_mask], dim=1)
+    # Left padding shifts positions; rebuild them from the mask as generate() does.
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        logits_to_keep=response_ids.shape[1] + 1,
+        use_cache=False,
+    )
+    return out.logits[:, :-1, :]
+
+
+def _logits_shared_prompts(
+    model, p_ids, p_mask, response_ids, response_mask, first, inverse
+) -> torch.Tensor:
+    """Same as `_logits_per_row`, with each distinct prompt forwarded once: its cache is
+    gathered to every row that uses it and the responses are forwarded on top of it."""
+    u_mask = p_mask[first]
+    prompt_out = model(
+        input_ids=p_ids[first],
+        attention_mask=u_mask,
+        position_ids=(u_mask.cumsum(-1) - 1).clamp(min=0),
+        logits_to_keep=1,
+        use_cache=True,
+    )
+    cache = prompt_out.past_key_values
+    cache.batch_select_indices(inverse)  # indexing, so gradients flow back to the prompt pass
+    attention_mask = torch.cat([p_mask, response_mask], dim=1)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, p_ids.shape[1] :]
+    response_out = model(
+        input_ids=response_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        past_key_values=cache,
+        logits_to_keep=response_ids.shape[1],
+        use_cache=True,
+    )
+    # The prompt's last position predicts the first response token; response position t
+    # predicts token t + 1.
+    first_token = prompt_out.logits[:, -1:, :][inverse]
+    return torch.cat([first_token, response_out.logits[:, :-1, :]], dim=1)
+
+
 def score_tokens(
     model: nn.Module,
     batch: RolloutBatch,
@@ -27,28 +93,25 @@ def score_tokens(
     with_entropy: bool = False,
     prompt_ids: torch.Tensor | None = None,
     prompt_mask: torch.Tensor | None = None,
+    share_prompts: bool = True,
 ) -> TokenScores:
     """Log-probs (and entropies) of `batch.response_ids` under `model`, differentiable.
 
     Logits are divided by the sampling temperature so that the scored distribution is the one
     that was sampled from. `prompt_ids`/`prompt_mask` override the batch's prompts (used when a
     response is scored under another context, e.g. a different system prompt).
+    `share_prompts` forwards each distinct prompt once (see the module docstring); it needs a
+    model whose forward accepts `past_key_values`, as every Hugging Face causal LM does.
     """
     p_ids = batch.prompt_ids if prompt_ids is None else prompt_ids
     p_mask = batch.prompt_mask if prompt_mask is None else prompt_mask
-    input_ids = torch.cat([p_ids, batch.response_ids], dim=1)
-    attention_mask = torch.cat([p_mask, batch.response_mask], dim=1)
-    # Left padding shifts positions; rebuild them from the mask as generate() does.
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    n_resp = batch.response_ids.shape[1]
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        logits_to_keep=n_resp + 1,
-        use_cache=False,
-    )
-    logits = out.logits[:, :-1, :].float()
+    args = (model, p_ids, p_mask, batch.response_ids, batch.response_mask)
+    first, inverse = distinct_prompts(p_ids, p_mask) if share_prompts else (None, None)
+    if first is not None and len(first) < len(inverse):
+        logits = _logits_shared_prompts(*args, first, inverse)
+    else:
+        logits = _logits_per_row(*args)
+    logits = logits.float()
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
     log_norm = torch.logsumexp(logits, dim=-1)

@@ -1,0 +1,111 @@
+"""A group's prompt is computed once (prefill in sampling, prompt pass in scoring): the results
+must equal the per-row computation, gradients included."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GenerationConfig
+
+from tandemrl.models import LoraConfig, apply_lora, load_model
+from tandemrl.rollout import SamplingConfig, generate, score_tokens
+from tandemrl.rollout.generate import encode_prompts, prefill_once
+from tandemrl.rollout.logprobs import distinct_prompts
+
+PROMPTS = [
+    [{"role": "user", "content": "hi"}],
+    [{"role": "user", "content": "a much longer prompt than the first one"}],
+    [{"role": "user", "content": "three"}],
+]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny")
+
+
+def test_distinct_prompts_ignores_padding_but_not_tokens():
+    pad = 0
+    ids = torch.tensor([[pad, 5, 6], [9, 5, 6], [pad, 5, 6], [7, 5, 6], [pad, 5, 6]])
+    # Row 1 has a real token where row 0 has padding (same id under the mask would collide
+    # if padding were compared by id alone): it must count as its own prompt.
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1], [0, 1, 1], [1, 1, 1], [0, 1, 1]])
+    ids[1, 0] = pad
+    first, inverse = distinct_prompts(ids, mask)
+    assert len(first) == 3
+    assert inverse[0] == inverse[2] == inverse[4]
+    assert len({int(inverse[0]), int(inverse[1]), int(inverse[3])}) == 3
+    assert torch.equal(ids[first][inverse], ids)  # every row maps to a row with its prompt
+    assert all(first[inverse[b]] <= b for b in range(5))  # first occurrence
+
+
+def _scores_and_grads(model, batch, share, **kw):
+    model.zero_grad()
+    scores = score_tokens(model, batch, 0.7, with_entropy=True, share_prompts=share, **kw)
+    (scores.logp * batch.response_mask).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    return scores, grads
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_shared_prompt_scoring_equals_per_row(tiny, lora):
+    model = load_model("tiny").model if lora else tiny.model
+    if lora:
+        model = apply_lora(model, LoraConfig(r=4, alpha=8))
+        with torch.no_grad():  # B = 0 at init would hide errors in the A gradients
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.1)
+    batch = generate(model, tiny.tokenizer, PROMPTS, 3, SamplingConfig(6), seed=0)
+    # Rows of a group in a different order: sharing must not rely on adjacency.
+    batch = batch.select([0, 3, 6, 1, 4, 7, 2, 5, 8])
+    per_row, per_row_grads = _scores_and_grads(model, batch, share=False)
+    shared, shared_grads = _scores_and_grads(model, batch, share=True)
+    mask = batch.response_mask.bool()
+    torch.testing.assert_close(shared.logp[mask], per_row.logp[mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared.entropy[mask], per_row.entropy[mask], atol=1e-5, rtol=1e-5)
+    assert shared_grads.keys() == per_row_grads.keys() and shared_grads
+    for name, grad in per_row_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_shared_prompt_scoring_under_overridden_prompts(tiny):
+    """Policy Split / DuPO score responses under another context: sharing follows the prompts
+    passed in, not the batch's own."""
+    batch = generate(tiny.model, tiny.tokenizer, PROMPTS[:2], 2, SamplingConfig(5), seed=1)
+    other_ids, other_mask = encode_prompts(tiny.tokenizer, [PROMPTS[2]] * 4)
+    kw = {"prompt_ids": other_ids, "prompt_mask": other_mask}
+    per_row, _ = _scores_and_grads(tiny.model, batch, share=False, **kw)
+    shared, _ = _scores_and_grads(tiny.model, batch, share=True, **kw)
+    own, _ = _scores_and_grads(tiny.model, batch, share=True)
+    mask = batch.response_mask.bool()
+    torch.testing.assert_close(shared.logp[mask], per_row.logp[mask], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(shared.logp[mask], own.logp[mask], atol=1e-3)
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_prefill_once_gives_the_same_tokens(tiny, do_sample):
+    ids, mask = encode_prompts(tiny.tokenizer, PROMPTS)
+    ids, mask = ids.repeat_interleave(4, 0), mask.repeat_interleave(4, 0)
+    cfg = GenerationConfig(
+        max_new_tokens=8,
+        do_sample=do_sample,
+        eos_token_id=[tiny.tokenizer.eos_token_id],
+        pad_token_id=tiny.tokenizer.pad_token_id,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    outs = []
+    with torch.no_grad():
+        for extra in ({}, prefill_once(tiny.model, ids, mask, 4)):
+            torch.manual_seed(3)
+            outs.append(
+                tiny.model.generate(
+                    input_ids=ids, attention_mask=mask, generation_config=cfg, **extra
+                )
+            )
+    assert torch.equal(outs[0].sequences, outs[1].sequences)
+    for per_row, shared in zip(outs[0].logits, outs[1].logits, strict=True):
+        torch.testing.assert_close(shared, per_row, atol=1e-5, rtol=1e-5)
+    assert prefill_once(tiny.model, ids, mask, 1) == {}
