@@ -3,11 +3,14 @@ must equal the per-row computation, gradients included."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from transformers import GenerationConfig
 
 from tandemrl.models import LoraConfig, apply_lora, load_model
+from tandemrl.models.adapters import apply_lora_adapters, mixed_adapter_rows
 from tandemrl.rollout import SamplingConfig, generate, score_tokens
 from tandemrl.rollout.generate import encode_prompts, prefill_once
 from tandemrl.rollout.logprobs import distinct_prompts
@@ -84,28 +87,74 @@ def test_shared_prompt_scoring_under_overridden_prompts(tiny):
     assert not torch.allclose(shared.logp[mask], own.logp[mask], atol=1e-3)
 
 
-@pytest.mark.parametrize("do_sample", [False, True])
-def test_prefill_once_gives_the_same_tokens(tiny, do_sample):
-    ids, mask = encode_prompts(tiny.tokenizer, PROMPTS)
-    ids, mask = ids.repeat_interleave(4, 0), mask.repeat_interleave(4, 0)
+def _generate_both_ways(model, tokenizer, ids, mask, do_sample, names=None):
+    """`model.generate` from scratch and from `prefill_once`'s cache: (sequences, logits)."""
     cfg = GenerationConfig(
         max_new_tokens=8,
         do_sample=do_sample,
-        eos_token_id=[tiny.tokenizer.eos_token_id],
-        pad_token_id=tiny.tokenizer.pad_token_id,
+        eos_token_id=[tokenizer.eos_token_id],
+        pad_token_id=tokenizer.pad_token_id,
         output_logits=True,
         return_dict_in_generate=True,
     )
     outs = []
     with torch.no_grad():
-        for extra in ({}, prefill_once(tiny.model, ids, mask, 4)):
+        for prefill in ({}, prefill_once(model, ids, mask, names)):
+            assert prefill or not outs  # the second pass must use a cache
+            rows, extra = contextlib.nullcontext(), {}
+            if names is not None:
+                rows, extra = mixed_adapter_rows(model, names)
             torch.manual_seed(3)
-            outs.append(
-                tiny.model.generate(
-                    input_ids=ids, attention_mask=mask, generation_config=cfg, **extra
+            with rows:
+                outs.append(
+                    model.generate(
+                        input_ids=ids,
+                        attention_mask=mask,
+                        generation_config=cfg,
+                        **prefill,
+                        **extra,
+                    )
                 )
-            )
+    return outs
+
+
+def _assert_same_generation(outs):
     assert torch.equal(outs[0].sequences, outs[1].sequences)
     for per_row, shared in zip(outs[0].logits, outs[1].logits, strict=True):
         torch.testing.assert_close(shared, per_row, atol=1e-5, rtol=1e-5)
-    assert prefill_once(tiny.model, ids, mask, 1) == {}
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_prefill_once_gives_the_same_tokens(tiny, do_sample):
+    ids, mask = encode_prompts(tiny.tokenizer, PROMPTS)
+    ids, mask = ids.repeat_interleave(4, 0), mask.repeat_interleave(4, 0)
+    _assert_same_generation(_generate_both_ways(tiny.model, tiny.tokenizer, ids, mask, do_sample))
+    distinct_ids, distinct_mask = encode_prompts(tiny.tokenizer, PROMPTS)
+    assert prefill_once(tiny.model, distinct_ids, distinct_mask) == {}
+
+
+def test_prefill_once_keeps_each_rows_adapter(tiny):
+    """DuPO decodes both policies' rows in one batch: a prompt's prefill is shared only among
+    rows of the same adapter, and each runs through its own adapter."""
+    model = apply_lora_adapters(
+        load_model("tiny").model, LoraConfig(r=4, alpha=8), ["first", "second"]
+    )
+    with torch.no_grad():  # make the two adapters (and the base) differ
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    order = [
+        (0, "first"),
+        (0, "first"),
+        (1, "first"),
+        (0, "second"),
+        (1, "second"),
+        (1, "second"),
+        (0, "__base__"),
+    ]
+    ids, mask = encode_prompts(tiny.tokenizer, [PROMPTS[i] for i, _ in order])
+    names = [name for _, name in order]
+    outs = _generate_both_ways(model, tiny.tokenizer, ids, mask, False, names)
+    _assert_same_generation(outs)
+    # Rows 0 and 3 share a prompt but not an adapter: a shared prefill would make them equal.
+    assert not torch.allclose(outs[1].logits[0][0], outs[1].logits[0][3], atol=1e-3)

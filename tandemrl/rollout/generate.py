@@ -2,8 +2,8 @@
 
 Measured here: a hand-written decode loop with a KV cache was no faster than `generate` on
 CPU, so we use `generate` and spend our effort on not recomputing what it already did.
-The samples of one prompt share its prefill: the prompt is encoded once and its cache copied
-to the group's rows (`prefill_once`), instead of `generate` encoding it once per sample.
+Rows that repeat a prompt (a group's samples) share its prefill: the prompt is encoded once
+and its cache copied to those rows (`prefill_once`), instead of once per sample.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 
 from tandemrl.models.adapters import mixed_adapter_rows
 from tandemrl.rollout.batch import RolloutBatch
+from tandemrl.rollout.logprobs import distinct_prompts
 
 
 @dataclass
@@ -92,16 +93,17 @@ def generate(
             torch.manual_seed(seed)
         for start in range(0, total, step):
             ids = prompt_ids[start : start + step]
+            names = None if adapter_names is None else list(adapter_names[start : start + step])
+            prefill = prefill_once(model, ids, prompt_mask[start : start + step], names)
             rows, extra = contextlib.nullcontext(), {}
-            if adapter_names is not None:
-                rows, extra = mixed_adapter_rows(model, list(adapter_names[start : start + step]))
-            if adapter_names is None and step % num_samples == 0:
-                extra = prefill_once(model, ids, prompt_mask[start : start + step], num_samples)
+            if names is not None:
+                rows, extra = mixed_adapter_rows(model, names)
             with rows:
                 out = model.generate(
                     input_ids=ids,
                     attention_mask=prompt_mask[start : start + step],
                     generation_config=gen_cfg,
+                    **prefill,
                     **extra,
                 )
             chunks.append(out[:, ids.shape[1] :])
@@ -132,25 +134,42 @@ def generate(
 
 
 def prefill_once(
-    model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, num_samples: int
+    model: PreTrainedModel,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    adapter_names: list[str] | None = None,
 ) -> dict:
     """`generate` kwargs that start from a cache of each prompt's tokens but the last, computed
-    once per prompt and repeated for its `num_samples` consecutive rows; `generate` then only
-    runs the last prompt token and the new ones. Same logits as encoding every row (greedy
-    decoding gives identical tokens; sampled ones can differ by float rounding). {} when there
-    is nothing to share."""
-    if num_samples < 2 or ids.shape[1] < 2:
+    once per distinct prompt (and adapter, for mixed-adapter rows) and gathered to the rows
+    that repeat it; `generate` then only runs the last prompt token and the new ones. Same
+    logits as encoding every row (greedy decoding gives identical tokens; sampled ones can
+    differ by float rounding). {} when no row repeats another."""
+    if ids.shape[1] < 2:
         return {}
-    first_ids, first_mask = ids[::num_samples, :-1], mask[::num_samples, :-1]
-    out = model(
-        input_ids=first_ids,
-        attention_mask=first_mask,
-        position_ids=(first_mask.cumsum(-1) - 1).clamp(min=0),
-        logits_to_keep=1,
-        use_cache=True,
-    )
+    key_ids, key_mask = ids, mask
+    if adapter_names is not None:
+        codes = {name: i for i, name in enumerate(dict.fromkeys(adapter_names))}
+        code = torch.tensor([[codes[name]] for name in adapter_names], dtype=ids.dtype)
+        key_ids = torch.cat([ids, code], dim=1)
+        key_mask = torch.cat([mask, torch.ones_like(code, dtype=mask.dtype)], dim=1)
+    first, inverse = distinct_prompts(key_ids, key_mask)
+    if len(first) == len(ids):
+        return {}
+    rows, extra = contextlib.nullcontext(), {}
+    if adapter_names is not None:
+        rows, extra = mixed_adapter_rows(model, [adapter_names[i] for i in first.tolist()])
+    first_mask = mask[first, :-1]
+    with rows:
+        out = model(
+            input_ids=ids[first, :-1],
+            attention_mask=first_mask,
+            position_ids=(first_mask.cumsum(-1) - 1).clamp(min=0),
+            logits_to_keep=1,
+            use_cache=True,
+            **extra,
+        )
     cache = out.past_key_values
-    cache.batch_repeat_interleave(num_samples)
+    cache.batch_select_indices(inverse)
     return {"past_key_values": cache}
 
 
