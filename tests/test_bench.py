@@ -4,6 +4,7 @@ it is slow and skipped without it."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import math
@@ -202,13 +203,21 @@ def test_result_shape_summary_and_markdown(tmp_path):
         "policy_split / tandem-lora step time": True,
     }
     flops = {f["run"]: f for f in summary["flops"]}
-    # full: 6 * (1e8 * (32 * 50 + 64) + 2e7 * 64) = 6 * 1.6768e11 = 1.00608e12 FLOPs in 7 s
-    assert flops["tandem-full"]["update_gflop"] == pytest.approx(1006.08)
-    assert flops["tandem-full"]["achieved_gflops"] == pytest.approx(1006.08 / 7)
-    assert flops["tandem-full"]["fraction_of_peak"] == pytest.approx(1006.08 / 7 / 100)
-    # generation: 2 * 1.6768e11 = 335.36 GFLOP in 7 s
-    assert flops["tandem-full"]["generate_gflops"] == pytest.approx(335.36 / 7)
+    # TRL full: a prompt per sample: 6 * (1e8 * (32 * 50 + 64) + 2e7 * 64) = 1.00608e12 FLOPs
+    assert flops["trl-full"]["update_gflop"] == pytest.approx(1006.08)
+    # tandemrl full: a prompt per group: 6 * (1e8 * (8 * 50 + 64) + 2e7 * 64) = 2.8608e11 in 7 s
+    assert flops["tandem-full"]["update_gflop"] == pytest.approx(286.08)
+    assert flops["tandem-full"]["achieved_gflops"] == pytest.approx(286.08 / 7)
+    assert flops["tandem-full"]["fraction_of_peak"] == pytest.approx(286.08 / 7 / 100)
+    # generation: 2 * 4.768e10 = 95.36 GFLOP in 7 s
+    assert flops["tandem-full"]["generate_gflops"] == pytest.approx(95.36 / 7)
     assert set(flops) == {"tandem-lora", "trl-lora", "tandem-full", "trl-full"}
+    # A result written before prompts were shared has no such setting: a prompt per sample.
+    old = bench_speed.summarize(
+        runs, facts, peaks, argparse.Namespace(**{**vars(ns), "tandem_prompt_once": False})
+    )
+    old_flops = {f["run"]: f for f in old["flops"]}
+    assert old_flops["tandem-full"]["update_gflop"] == pytest.approx(1006.08)
     md = bench_speed.to_markdown(result)
     assert "flock /tmp/tandem-heavy.lock tandem bench speed --repeats 1" in md
     assert "| lora | **tandem / TRL** | **0.37x** |" in md

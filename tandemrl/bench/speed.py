@@ -328,6 +328,10 @@ def summarize(
     peak = max((p["best_gflops"] for p in peaks), default=float("nan"))
     summary["matmul_peak"] = {"best_gflops": peak, "measurements": peaks}
     rows = ns.prompts * ns.group
+    # tandemrl runs each group's prompt once, in sampling and in the update (since c006cbc;
+    # `rollout.generate.prefill_once`, `rollout.logprobs`); TRL once per sample. Results
+    # written before then lack the setting and counted a prompt per sample for both.
+    tandem_prompt_rows = ns.prompts if getattr(ns, "tandem_prompt_once", False) else rows
     for name, p in pooled.items():
         # Other methods score more rows than GRPO: the estimate below is GRPO's update.
         if facts is None or not name.startswith(("tandem-", "trl-")):
@@ -340,7 +344,9 @@ def summarize(
             "body_params": facts["body_params"],
             "head_params": facts["head_params"],
             "adapter_params": facts["lora_params"] if config == "lora" else 0.0,
-            "tokens": rows * facts["prompt_tokens_mean"] + completion,
+            "tokens": (tandem_prompt_rows if name.startswith("tandem-") else rows)
+            * facts["prompt_tokens_mean"]
+            + completion,
             "head_tokens": completion,
         }
         flops = report.update_flops(**sizes, base_trained=config == "full")
@@ -482,7 +488,13 @@ def to_markdown(result: dict[str, Any]) -> str:
             + " GFLOP/s). Update FLOPs: forward 2·N·T, backward 2·N·T for activation gradients "
             "plus 2·N·T for trained weights (6·N·T full fine-tune, 4·N·T + 6·N_lora·T LoRA), "
             "useful tokens only, attention scores left out (`tandemrl.bench.report."
-            "update_flops`).",
+            "update_flops`)."
+            + (
+                " tandemrl computes each group's prompt once (prefill and update) and is "
+                "counted so; TRL once per sample."
+                if st.get("tandem_prompt_once")
+                else ""
+            ),
             "",
             report.markdown_table(
                 ("run", "update GFLOP", "update s", "update GFLOP/s", "of peak")
@@ -548,6 +560,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ns.what = [w for w in ns.what.split(",") if w]
     ns.configs = [c for c in ns.configs.split(",") if c]
     ns.methods = [m for m in ns.methods.split(",") if m]
+    ns.tandem_prompt_once = True  # how this version computes prompts; see `summarize`
     bad = (
         [w for w in ns.what if w not in ("speed", "methods-cost")]
         + [c for c in ns.configs if c not in ("lora", "full")]
@@ -602,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
             k: getattr(ns, k)
             for k in ("model", "task", "prompts", "group", "tokens", "temperature", "lr")
             + ("micro_batch", "lora_r", "seed", "steps", "repeats", "what", "configs", "methods")
+            + ("tandem_prompt_once",)
         },
         "complete": False,
         "runs": [],
