@@ -13,7 +13,7 @@ from tandemrl.models import LoraConfig, apply_lora, load_model
 from tandemrl.models.adapters import apply_lora_adapters, mixed_adapter_rows
 from tandemrl.rollout import SamplingConfig, generate, score_tokens
 from tandemrl.rollout.generate import encode_prompts, prefill_once
-from tandemrl.rollout.logprobs import distinct_prompts
+from tandemrl.rollout.logprobs import distinct_prompts, states_before_responses
 
 PROMPTS = [
     [{"role": "user", "content": "hi"}],
@@ -85,6 +85,38 @@ def test_shared_prompt_scoring_under_overridden_prompts(tiny):
     mask = batch.response_mask.bool()
     torch.testing.assert_close(shared.logp[mask], per_row.logp[mask], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(shared.logp[mask], own.logp[mask], atol=1e-3)
+
+
+def test_shared_prompt_states_equal_per_row_with_gradients():
+    """PPO's value head reads the decoder's states before each response token: the shared-prompt
+    path must give the same states and the same LoRA gradients as one forward per row."""
+    loaded = load_model("tiny")
+    model = apply_lora(loaded.model, LoraConfig(r=4, alpha=8))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    batch = generate(model, loaded.tokenizer, PROMPTS, 3, SamplingConfig(6), seed=2)
+    batch = batch.select([0, 3, 6, 1, 4, 7, 2, 5, 8])
+    decoder = model.get_base_model().get_decoder()
+    head = torch.randn(decoder.config.hidden_size)
+    results = []
+    for share in (False, True):
+        model.zero_grad()
+        states = states_before_responses(
+            decoder, batch.prompt_ids, batch.prompt_mask, batch.response_ids,
+            batch.response_mask, share_prompts=share,
+        )  # fmt: skip
+        ((states @ head) * batch.response_mask).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((states.detach(), grads))
+    (per_row, per_row_grads), (shared, shared_grads) = results
+    assert shared.shape == (len(batch), batch.response_ids.shape[1], decoder.config.hidden_size)
+    mask = batch.response_mask.bool()
+    torch.testing.assert_close(shared[mask], per_row[mask], atol=1e-5, rtol=1e-5)
+    assert shared_grads.keys() == per_row_grads.keys() and shared_grads
+    for name, grad in per_row_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
 def _generate_both_ways(model, tokenizer, ids, mask, do_sample, names=None):

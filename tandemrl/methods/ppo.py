@@ -53,6 +53,7 @@ from tandemrl.methods.grpo import GRPO
 from tandemrl.models import LoadedModel
 from tandemrl.models.adapters import activate_adapter, adapter_parameters, apply_lora_adapters
 from tandemrl.rollout import RolloutBatch, score_tokens
+from tandemrl.rollout.logprobs import states_before_responses
 from tandemrl.tasks import Example
 from tandemrl.train.config_parse import ConfigError
 
@@ -171,20 +172,17 @@ class PPO(GRPO):
         # peft injects the adapters into the base's own layers: its decoder runs the active one.
         base = self.policy if shares_trunk else self.policy.get_base_model()
         decoder = base.get_decoder()
-        input_ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)
-        attention_mask = torch.cat([batch.prompt_mask, batch.response_mask], dim=1)
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         trunk_grad = grad and not shares_trunk
         with contextlib.nullcontext() if trunk_grad else torch.no_grad():
-            hidden = decoder(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                use_cache=False,
-            ).last_hidden_state
-        p, t = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
+            hidden = states_before_responses(
+                decoder,
+                batch.prompt_ids,
+                batch.prompt_mask,
+                batch.response_ids,
+                batch.response_mask,
+            )
         with contextlib.nullcontext() if grad else torch.no_grad():
-            return self.value_head(hidden[:, p - 1 : p - 1 + t])
+            return self.value_head(hidden)
 
     def critic_loss(self, micro: RolloutBatch, normalizer):
         result = clipped_value_loss(

@@ -1,4 +1,5 @@
-"""Per-token log-probabilities and entropies of the responses in a batch.
+"""Per-token log-probabilities and entropies of the responses in a batch (and the hidden
+states that predict them, for heads on the trunk).
 
 Only the response positions go through the LM head (`logits_to_keep`): the vocabulary
 projection is the largest single matmul of a small model, and prompt positions never need it.
@@ -84,6 +85,51 @@ def _logits_shared_prompts(
     # predicts token t + 1.
     first_token = prompt_out.logits[:, -1:, :][inverse]
     return torch.cat([first_token, response_out.logits[:, :-1, :]], dim=1)
+
+
+def states_before_responses(
+    decoder: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    share_prompts: bool = True,
+) -> torch.Tensor:
+    """[B, T, H] last hidden state at the position that predicts each response token (the
+    prompt's last position for y_0, response position t - 1 for y_t), as `score_tokens` aligns
+    its logits; for heads on the trunk such as PPO's value head. `decoder` is a Hugging Face
+    decoder without the LM head (`model.get_decoder()`). With `share_prompts` each distinct
+    prompt is forwarded once and its cache gathered to its rows; gradients flow back to it."""
+    attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    p, t = prompt_ids.shape[1], response_ids.shape[1]
+    first, inverse = distinct_prompts(prompt_ids, prompt_mask) if share_prompts else (None, None)
+    if first is None or len(first) == len(inverse):
+        hidden = decoder(
+            input_ids=torch.cat([prompt_ids, response_ids], dim=1),
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        ).last_hidden_state
+        return hidden[:, p - 1 : p - 1 + t]
+    u_mask = prompt_mask[first]
+    prompt_out = decoder(
+        input_ids=prompt_ids[first],
+        attention_mask=u_mask,
+        position_ids=(u_mask.cumsum(-1) - 1).clamp(min=0),
+        use_cache=True,
+    )
+    cache = prompt_out.past_key_values
+    cache.batch_select_indices(inverse)
+    response_out = decoder(
+        input_ids=response_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids[:, p:],
+        past_key_values=cache,
+        use_cache=True,
+    )
+    last_prompt = prompt_out.last_hidden_state[:, -1:][inverse]
+    return torch.cat([last_prompt, response_out.last_hidden_state[:, :-1]], dim=1)
 
 
 def score_tokens(
