@@ -338,3 +338,30 @@ def test_rows_per_adapter_matches_peft_mixed_batches(order):
     mine = torch.tensor([n == "exploit" for n in names])
     torch.testing.assert_close(got[mine], plain[mine], atol=1e-5, rtol=1e-5)
     assert (got[~mine] - plain[~mine]).abs().amax(dim=(1, 2)).min() > 1e-3
+
+
+def test_explorer_entropy_bonus_changes_the_explorer_gradient_only():
+    """`explore_entropy_coef` must train the explorer (its entropy carries a gradient) and
+    leave the exploiter's loss gradient as it was."""
+    from tandemrl.algos import LossNormalizer
+
+    full = _handmade_batch()
+
+    def adapter_grads(coef, policy):
+        torch.manual_seed(0)  # the same adapter initialisation for both runs
+        method, _ = _method([*INDEPENDENT, "dupo.kl_coef=0", f"dupo.explore_entropy_coef={coef}"])
+        with torch.no_grad():  # B = 0 at init would make every adapter gradient but B's zero
+            for name, p in method.policy.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.1)
+        batch = method.policy_batch(full, policy, method.interactions(full))
+        batch.extras["behaviour_logp"] = torch.zeros(batch.response_ids.shape)
+        norms = {k: LossNormalizer.from_masks(batch.train_mask) for k in ("pg", "kl", "distill")}
+        activate_adapter(method.policy, policy, trainable=True)
+        method.loss(policy, batch, norms)[0].backward()
+        return [p.grad.clone() for p in adapter_parameters(method.policy, policy).values()]
+
+    for policy, moved in (("explore", True), ("exploit", False)):
+        plain, bonus = adapter_grads(0.0, policy), adapter_grads(0.5, policy)
+        diff = sum(float((a - b).abs().sum()) for a, b in zip(plain, bonus, strict=True))
+        assert (diff > 1e-6) == moved, (policy, diff)

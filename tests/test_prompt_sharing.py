@@ -73,6 +73,36 @@ def test_shared_prompt_scoring_equals_per_row(tiny, lora):
         torch.testing.assert_close(shared_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_entropy_with_gradient_equals_the_metric_and_the_direct_formula(tiny):
+    """`entropy_grad=True` gives the detached metric's values, and its gradient is that of
+    H = -sum p log p over the logits of one plain forward per row."""
+    from tandemrl.algos.entropy import entropy_from_logits
+
+    model = tiny.model
+    batch = generate(model, tiny.tokenizer, PROMPTS, 2, SamplingConfig(5), seed=4)
+    mask = batch.response_mask.bool()
+    metric = score_tokens(model, batch, 0.7, with_entropy=True).entropy
+    model.zero_grad()
+    scored = score_tokens(model, batch, 0.7, entropy_grad=True).entropy
+    assert scored.requires_grad and not metric.requires_grad
+    torch.testing.assert_close(scored[mask], metric[mask], atol=1e-5, rtol=1e-5)
+    (scored * batch.response_mask).sum().backward()
+    via_scores = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)
+    attn = torch.cat([batch.prompt_mask, batch.response_mask], dim=1)
+    logits = model(
+        input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0)
+    ).logits[:, batch.prompt_ids.shape[1] - 1 : -1]
+    direct = entropy_from_logits(logits.float() / 0.7)
+    (direct * batch.response_mask).sum().backward()
+    assert via_scores
+    for name, p in model.named_parameters():
+        if name in via_scores:
+            torch.testing.assert_close(via_scores[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
+    model.zero_grad()
+
+
 def test_shared_prompt_scoring_under_overridden_prompts(tiny):
     """Policy Split / DuPO score responses under another context: sharing follows the prompts
     passed in, not the batch's own."""

@@ -177,6 +177,38 @@ def test_entropy_bonus_enters_the_loss_with_its_coefficient():
     assert with_bonus.item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
 
 
+def test_entropy_bonus_moves_the_gradient_by_its_own_gradient():
+    """With entropy_coef = c the gradient is GRPO's plus that of -c * aggregate(H): the bonus
+    must train, not only show up in the loss value (its entropy needs a gradient)."""
+    from tandemrl.algos import aggregate
+    from tandemrl.methods.base import score_rewards
+    from tandemrl.rollout import score_tokens
+
+    method, task = _method(["task=toy_letters", "rollout.prompts_per_step=2"])
+    examples = list(task.train_examples())[:2]
+    batch = method.rollout(0, examples)
+    score_rewards(task, examples, batch)
+    method.compute_advantages(batch)
+    normalizer = LossNormalizer.from_masks(batch.train_mask)
+    params = [p for p in method.policy.parameters() if p.requires_grad]
+
+    def grads(loss):
+        method.policy.zero_grad(set_to_none=True)
+        loss.backward()
+        return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+
+    plain = grads(method.loss(batch, normalizer)[0])
+    method.cfg.entropy_coef = 0.5
+    with_bonus = grads(method.loss(batch, normalizer)[0])
+    entropy = score_tokens(method.policy, batch, method.sampling.temperature, entropy_grad=True)
+    bonus_only = grads(
+        -0.5 * aggregate(entropy.entropy, batch.response_mask, method.cfg.aggregation, normalizer)
+    )
+    assert sum(float(g.abs().sum()) for g in bonus_only) > 0
+    for p0, p1, pb in zip(plain, with_bonus, bonus_only, strict=True):
+        torch.testing.assert_close(p1, p0 + pb, atol=1e-6, rtol=1e-4)
+
+
 def test_interrupt_keeps_the_finished_steps(tmp_path, monkeypatch, capsys):
     """Ctrl-C during step 2 saves step 1's checkpoint and exits 130 with a hint."""
     from tandemrl.methods.grpo import GRPO

@@ -150,7 +150,7 @@ class DiPO(GRPO):
     def loss(self, micro: RolloutBatch, normalizer: LossNormalizer):
         cfg = self.cfg
         main_norm, realloc_norm = self._norms or (normalizer, normalizer)
-        scores = score_tokens(self.policy, micro, self.sampling.temperature, with_entropy=True)
+        scores = self.score_for_loss(micro)
         # The main term sees exactly GRPO's rows and normaliser (dynamic sampling included).
         main = dataclasses.replace(micro, loss_mask=micro.extras.get("dipo_main_mask"))
         total, metrics = self.loss_from_scores(main, scores, main_norm)

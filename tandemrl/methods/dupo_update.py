@@ -53,7 +53,10 @@ class DualAdapterUpdates:
         assumes y ~ pi); distill = mean NLL over the distilled rows' tokens.
         """
         cfg = self.cfg
-        scores = score_tokens(self.policy, micro, self.sampling.temperature, with_entropy=True)
+        bonus_on = policy == "explore" and bool(cfg.explore_entropy_coef)
+        scores = score_tokens(
+            self.policy, micro, self.sampling.temperature, with_entropy=True, entropy_grad=bonus_on
+        )
         logp = scores.logp
         tok_adv = micro.advantages.unsqueeze(-1).expand_as(logp)
         shared = micro.extras["shared"]
@@ -75,7 +78,7 @@ class DualAdapterUpdates:
         )
         total, metrics = result.loss, dict(result.metrics)
         kl_mask = micro.extras["kl_mask"]
-        if policy == "explore" and cfg.explore_entropy_coef:
+        if bonus_on:
             bonus = entropy_bonus(
                 scores.entropy, kl_mask, cfg.explore_entropy_coef, cfg.aggregation, norms["kl"]
             )

@@ -103,8 +103,19 @@ class GRPO(Method):
         return {**result.metrics, "advantage/kept_frac": keep.float().mean().item()}
 
     def loss(self, micro: RolloutBatch, normalizer: LossNormalizer):
-        scores = score_tokens(self.policy, micro, self.sampling.temperature, with_entropy=True)
+        scores = self.score_for_loss(micro)
         return self.loss_from_scores(micro, scores, normalizer)
+
+    def score_for_loss(self, micro: RolloutBatch):
+        """The differentiable forward of the loss; the entropy carries a gradient only when
+        the entropy bonus is on (it costs the [B, T, V] probabilities in the backward)."""
+        return score_tokens(
+            self.policy,
+            micro,
+            self.sampling.temperature,
+            with_entropy=True,
+            entropy_grad=bool(self.cfg.entropy_coef),
+        )
 
     def loss_from_scores(self, micro: RolloutBatch, scores, normalizer: LossNormalizer):
         """GRPO's loss terms on an already computed forward (`scores`), so that a method

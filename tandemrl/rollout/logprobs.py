@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tandemrl.algos.entropy import entropy_from_logits
 from tandemrl.rollout.batch import RolloutBatch
 
 
@@ -140,8 +141,12 @@ def score_tokens(
     prompt_ids: torch.Tensor | None = None,
     prompt_mask: torch.Tensor | None = None,
     share_prompts: bool = True,
+    entropy_grad: bool = False,
 ) -> TokenScores:
     """Log-probs (and entropies) of `batch.response_ids` under `model`, differentiable.
+
+    The entropy is a detached metric unless `entropy_grad` (an entropy bonus in the loss needs
+    its gradient; it keeps the [B, T, V] probabilities for the backward pass).
 
     Logits are divided by the sampling temperature so that the scored distribution is the one
     that was sampled from. `prompt_ids`/`prompt_mask` override the batch's prompts (used when a
@@ -164,7 +169,9 @@ def score_tokens(
     token_logits = logits.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
     logp = token_logits - log_norm
     entropy = None
-    if with_entropy:
+    if entropy_grad:
+        entropy = entropy_from_logits(logits)
+    elif with_entropy:
         with torch.no_grad():
             probs = torch.softmax(logits, dim=-1)
             entropy = log_norm - (probs * logits).sum(-1)
