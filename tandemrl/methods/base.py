@@ -13,6 +13,7 @@ from torch import nn
 
 from tandemrl.algos import ADVANTAGES, AGGREGATIONS, POLICY_LOSSES, LossNormalizer
 from tandemrl.models import LoadedModel, apply_lora
+from tandemrl.models.memory import release_freed_memory
 from tandemrl.rollout import RolloutBatch, SamplingConfig, generate
 from tandemrl.tasks import Example, Task
 from tandemrl.tasks.rewards import run_reward
@@ -260,6 +261,7 @@ def accumulate_and_step(
     for micro in batch.microbatches(micro_batch_size):
         loss, metrics = loss_fn(micro, normalizer)
         loss.backward()
+        release_freed_memory()
         loss_sum += loss.item()
         share = float(micro.train_mask.sum())
         weights += share

@@ -7,8 +7,6 @@ and in `tandemrl.algos.dual`.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 from typing import Any
 
 import torch
@@ -24,20 +22,9 @@ from tandemrl.algos import (
 )
 from tandemrl.models import reference_mode
 from tandemrl.models.adapters import activate_adapter, adapter_parameters
+from tandemrl.models.memory import release_freed_memory
 from tandemrl.rollout import RolloutBatch, score_tokens
 from tandemrl.train import distributed as dist
-
-
-def release_freed_memory() -> None:
-    """Return freed heap pages to the OS (glibc `malloc_trim`; a no-op elsewhere).
-
-    Why: a step runs two forward/backward passes (explorer, then exploiter). glibc keeps the
-    first pass's freed activations in its heap, and the second pass's allocations do not all
-    fit back into them, so without a trim the process's peak RSS grows by ~0.5 GB on
-    SmolLM2-135M although live tensors never exceed one pass's.
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class DualAdapterUpdates:
@@ -122,6 +109,7 @@ class DualAdapterUpdates:
         for micro in batch.microbatches(self.run.config.optim.micro_batch_size):
             loss, metrics, scores, weights = self.loss(policy, micro, norms)
             loss.backward()
+            release_freed_memory()
             loss_sum += loss.item()
             share = float(micro.train_mask.sum())
             weight += share
@@ -132,7 +120,6 @@ class DualAdapterUpdates:
             is_weights.append(weights)
         dist.all_reduce_gradients(adapter_parameters(self.policy, policy).values())
         self.policy.eval()
-        release_freed_memory()
         metrics = {k: v / max(weight, 1.0) for k, v in totals.items()}
         metrics["loss"] = loss_sum
         return {
