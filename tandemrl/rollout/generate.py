@@ -5,7 +5,7 @@ CPU, so we use `generate` and spend our effort on not recomputing what it alread
 Rows that repeat a prompt (a group's samples) share its prefill: the prompt is encoded once
 and its cache copied to those rows (`prefill_once`), instead of once per sample.
 Sampling draws each token by inverse CDF (`InverseCdfSampler`) rather than `generate`'s
-`torch.multinomial`, which was 15 % of decoding time here.
+`torch.multinomial`, which was 13 % of the rollout here (scripts/profile_step.py).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class InverseCdfSampler(LogitsProcessor):
     drawn token and -inf elsewhere, so greedy decoding emits exactly the sampled token.
 
     Why: `torch.multinomial` draws one exponential variate per vocabulary entry; for 32 rows
-    of a 49k vocabulary that took 33 ms a token on the reference CPU (15 % of decoding).
+    of a 49k vocabulary that took 33 ms a token on the reference CPU (13 % of the rollout).
     Inverse-CDF sampling needs one uniform per row: with c = cumsum(softmax(z)) the token is
     the first index where c > u * c[-1], u ~ U[0, 1): the same categorical distribution (a
     token whose probability is below the float32 spacing of c, ~6e-8, is never drawn).
