@@ -15,7 +15,7 @@ def release_freed_memory() -> None:
     creeps up by hundreds of MB over a step although live tensors never exceed one
     microbatch's. `tandem bench speed` (SmolLM2-135M, LoRA), before and after trimming every
     microbatch: GRPO 2248 -> 2160 MB, DuPO 2688 -> 2496 MB (benchmarks/results/
-    speed-2026-11-22-shared-prompts.md and speed-2026-11-22-final.md); no measurable time cost.
+    speed-2026-11-22-shared-prompts.md and speed-2026-11-22-final.md).
     """
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
