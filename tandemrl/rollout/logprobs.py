@@ -41,51 +41,62 @@ def distinct_prompts(
     return first, inverse
 
 
-def _logits_per_row(model, p_ids, p_mask, response_ids, response_mask) -> torch.Tensor:
-    """[B, T, V] logits predicting each response token, one forward over prompt + response."""
-    input_ids = torch.cat([p_ids, response_ids], dim=1)
+def _outputs_before_responses(
+    module: nn.Module,
+    p_ids: torch.Tensor,
+    p_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    share_prompts: bool,
+    field: str,
+) -> torch.Tensor:
+    """[B, T, ...] output `field` ("logits" of a causal LM, or "last_hidden_state" of its
+    decoder) at the position that predicts each response token: the prompt's last position
+    for y_0, response position t - 1 for y_t.
+
+    One forward over prompt + response per row; or, when `share_prompts` finds repeated
+    prompts, each distinct prompt forwarded once, its cache gathered to every row that uses
+    it (indexing, so gradients flow back to the prompt pass) and the responses forwarded on
+    top of it. An LM computes logits only at the positions returned (`logits_to_keep`).
+    """
+    t = response_ids.shape[1]
+
+    def keep(n: int) -> dict:
+        return {"logits_to_keep": n} if field == "logits" else {}
+
     attention_mask = torch.cat([p_mask, response_mask], dim=1)
     # Left padding shifts positions; rebuild them from the mask as generate() does.
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        logits_to_keep=response_ids.shape[1] + 1,
-        use_cache=False,
-    )
-    return out.logits[:, :-1, :]
-
-
-def _logits_shared_prompts(
-    model, p_ids, p_mask, response_ids, response_mask, first, inverse
-) -> torch.Tensor:
-    """Same as `_logits_per_row`, with each distinct prompt forwarded once: its cache is
-    gathered to every row that uses it and the responses are forwarded on top of it."""
+    first, inverse = distinct_prompts(p_ids, p_mask) if share_prompts else (None, None)
+    if first is None or len(first) == len(inverse):
+        out = module(
+            input_ids=torch.cat([p_ids, response_ids], dim=1),
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+            **keep(t + 1),
+        )
+        return getattr(out, field)[:, -t - 1 : -1]
     u_mask = p_mask[first]
-    prompt_out = model(
+    prompt_out = module(
         input_ids=p_ids[first],
         attention_mask=u_mask,
         position_ids=(u_mask.cumsum(-1) - 1).clamp(min=0),
-        logits_to_keep=1,
         use_cache=True,
+        **keep(1),
     )
     cache = prompt_out.past_key_values
-    cache.batch_select_indices(inverse)  # indexing, so gradients flow back to the prompt pass
-    attention_mask = torch.cat([p_mask, response_mask], dim=1)
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, p_ids.shape[1] :]
-    response_out = model(
+    cache.batch_select_indices(inverse)
+    response_out = module(
         input_ids=response_ids,
         attention_mask=attention_mask,
-        position_ids=position_ids,
+        position_ids=position_ids[:, p_ids.shape[1] :],
         past_key_values=cache,
-        logits_to_keep=response_ids.shape[1],
         use_cache=True,
+        **keep(t),
     )
-    # The prompt's last position predicts the first response token; response position t
-    # predicts token t + 1.
-    first_token = prompt_out.logits[:, -1:, :][inverse]
-    return torch.cat([first_token, response_out.logits[:, :-1, :]], dim=1)
+    last_prompt = getattr(prompt_out, field)[:, -1:][inverse]
+    return torch.cat([last_prompt, getattr(response_out, field)[:, :-1]], dim=1)
 
 
 def states_before_responses(
@@ -96,41 +107,11 @@ def states_before_responses(
     response_mask: torch.Tensor,
     share_prompts: bool = True,
 ) -> torch.Tensor:
-    """[B, T, H] last hidden state at the position that predicts each response token (the
-    prompt's last position for y_0, response position t - 1 for y_t), as `score_tokens` aligns
-    its logits; for heads on the trunk such as PPO's value head. `decoder` is a Hugging Face
-    decoder without the LM head (`model.get_decoder()`). With `share_prompts` each distinct
-    prompt is forwarded once and its cache gathered to its rows; gradients flow back to it."""
-    attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    p, t = prompt_ids.shape[1], response_ids.shape[1]
-    first, inverse = distinct_prompts(prompt_ids, prompt_mask) if share_prompts else (None, None)
-    if first is None or len(first) == len(inverse):
-        hidden = decoder(
-            input_ids=torch.cat([prompt_ids, response_ids], dim=1),
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=False,
-        ).last_hidden_state
-        return hidden[:, p - 1 : p - 1 + t]
-    u_mask = prompt_mask[first]
-    prompt_out = decoder(
-        input_ids=prompt_ids[first],
-        attention_mask=u_mask,
-        position_ids=(u_mask.cumsum(-1) - 1).clamp(min=0),
-        use_cache=True,
-    )
-    cache = prompt_out.past_key_values
-    cache.batch_select_indices(inverse)
-    response_out = decoder(
-        input_ids=response_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids[:, p:],
-        past_key_values=cache,
-        use_cache=True,
-    )
-    last_prompt = prompt_out.last_hidden_state[:, -1:][inverse]
-    return torch.cat([last_prompt, response_out.last_hidden_state[:, :-1]], dim=1)
+    """[B, T, H] last hidden state at the position that predicts each response token, aligned
+    as `score_tokens` aligns its logits; for heads on the trunk such as PPO's value head.
+    `decoder` is a Hugging Face decoder without the LM head (`model.get_decoder()`)."""
+    args = (prompt_ids, prompt_mask, response_ids, response_mask, share_prompts)
+    return _outputs_before_responses(decoder, *args, field="last_hidden_state")
 
 
 def score_tokens(
@@ -156,12 +137,8 @@ def score_tokens(
     """
     p_ids = batch.prompt_ids if prompt_ids is None else prompt_ids
     p_mask = batch.prompt_mask if prompt_mask is None else prompt_mask
-    args = (model, p_ids, p_mask, batch.response_ids, batch.response_mask)
-    first, inverse = distinct_prompts(p_ids, p_mask) if share_prompts else (None, None)
-    if first is not None and len(first) < len(inverse):
-        logits = _logits_shared_prompts(*args, first, inverse)
-    else:
-        logits = _logits_per_row(*args)
+    args = (p_ids, p_mask, batch.response_ids, batch.response_mask, share_prompts)
+    logits = _outputs_before_responses(model, *args, field="logits")
     logits = logits.float()
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
