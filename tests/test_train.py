@@ -161,15 +161,20 @@ def test_kl_starts_at_zero_and_grows_after_an_update(lora, kl_in, estimator):
     assert second["kl"] > 1e-6
 
 
-def test_entropy_bonus_enters_the_loss_with_its_coefficient():
-    method, task = _method(["task=toy_letters", "rollout.prompts_per_step=2"])
-    examples = list(task.train_examples())[:2]
+def _grpo_batch_ready_for_the_loss():
+    """A GRPO method on toy_letters and one rolled-out, rewarded batch with advantages."""
     from tandemrl.methods.base import score_rewards
 
+    method, task = _method(["task=toy_letters", "rollout.prompts_per_step=2"])
+    examples = list(task.train_examples())[:2]
     batch = method.rollout(0, examples)
     score_rewards(task, examples, batch)
     method.compute_advantages(batch)
-    normalizer = LossNormalizer.from_masks(batch.train_mask)
+    return method, batch, LossNormalizer.from_masks(batch.train_mask)
+
+
+def test_entropy_bonus_enters_the_loss_with_its_coefficient():
+    method, batch, normalizer = _grpo_batch_ready_for_the_loss()
     plain, metrics = method.loss(batch, normalizer)
     method.cfg.entropy_coef = 0.05
     with_bonus, _ = method.loss(batch, normalizer)
@@ -181,15 +186,9 @@ def test_entropy_bonus_moves_the_gradient_by_its_own_gradient():
     """With entropy_coef = c the gradient is GRPO's plus that of -c * aggregate(H): the bonus
     must train, not only show up in the loss value (its entropy needs a gradient)."""
     from tandemrl.algos import aggregate
-    from tandemrl.methods.base import score_rewards
     from tandemrl.rollout import score_tokens
 
-    method, task = _method(["task=toy_letters", "rollout.prompts_per_step=2"])
-    examples = list(task.train_examples())[:2]
-    batch = method.rollout(0, examples)
-    score_rewards(task, examples, batch)
-    method.compute_advantages(batch)
-    normalizer = LossNormalizer.from_masks(batch.train_mask)
+    method, batch, normalizer = _grpo_batch_ready_for_the_loss()
     params = [p for p in method.policy.parameters() if p.requires_grad]
 
     def grads(loss):
