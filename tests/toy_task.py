@@ -39,3 +39,27 @@ class LetterTask(Task):
 @register_task("toy_letters", replace=True)
 def toy_letters(size: int = 16) -> Task:
     return LetterTask(size)
+
+
+def share_uppercase(prompts, completions, **columns) -> list[float | None]:
+    return [sum("A" <= ch <= "Z" for ch in c) / max(1, len(c)) for c in completions]
+
+
+class TwoRewardTask(LetterTask):
+    """Two named rewards that pull apart (lowercase vs uppercase share): the multi-reward
+    methods (GDPO, GD²PO) see conflicting per-reward advantages on the tiny model."""
+
+    name = "toy_two_rewards"
+    description = "rewards: share of lowercase and share of uppercase ASCII letters"
+
+    def __init__(self, size: int = 16):
+        super().__init__(size)
+        self.rewards = [
+            RewardSpec("lowercase", share_lowercase, 1.0),
+            RewardSpec("uppercase", share_uppercase, 0.5),
+        ]
+
+
+@register_task("toy_two_rewards", replace=True)
+def toy_two_rewards(size: int = 16) -> Task:
+    return TwoRewardTask(size)
