@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-import tests.toy_task  # noqa: F401  (registers toy_letters and toy_two_rewards)
+import tests.toy_task  # noqa: F401  (registers toy_letters and toy_case_rewards)
 from tandemrl.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,12 +46,12 @@ RUNS: dict[str, list[str]] = {
         "grpo.dynamic_sampling=true",
     ],  # fmt: skip
     "dipo": ["method=dipo", "lora.enabled=true", "dipo.alpha=0.5", "dipo.success=0.3"],
-    "gdpo": ["method=gdpo", "task=toy_two_rewards"],
-    "gdpo_sum": ["method=gdpo", "task=toy_two_rewards", "gdpo.multi_reward=sum"],
-    "gd2po": ["method=gd2po", "task=toy_two_rewards"],
+    "gdpo": ["method=gdpo", "task=toy_case_rewards"],
+    "gdpo_sum": ["method=gdpo", "task=toy_case_rewards", "gdpo.multi_reward=sum"],
+    "gd2po": ["method=gd2po", "task=toy_case_rewards"],
     "gd2po_snr": [
         "method=gd2po",
-        "task=toy_two_rewards",
+        "task=toy_case_rewards",
         "gd2po.filter=snr",
         "gd2po.query_reweight=false",
     ],  # fmt: skip

@@ -49,7 +49,7 @@ class TwoRewardTask(LetterTask):
     """Two named rewards that pull apart (lowercase vs uppercase share): the multi-reward
     methods (GDPO, GD²PO) see conflicting per-reward advantages on the tiny model."""
 
-    name = "toy_two_rewards"
+    name = "toy_case_rewards"
     description = "rewards: share of lowercase and share of uppercase ASCII letters"
 
     def __init__(self, size: int = 16):
@@ -60,6 +60,6 @@ class TwoRewardTask(LetterTask):
         ]
 
 
-@register_task("toy_two_rewards", replace=True)
-def toy_two_rewards(size: int = 16) -> Task:
+@register_task("toy_case_rewards", replace=True)
+def toy_case_rewards(size: int = 16) -> Task:
     return TwoRewardTask(size)
