@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 
 from tandemrl.algos import distinct_answers, group_distinct_n
-from tandemrl.methods.dupo_metrics import answer_key, token_lists
+from tandemrl.loop import load_config
+from tandemrl.loop.checkpoint import load_policy_weights
 from tandemrl.models import load_model
 from tandemrl.rollout import SamplingConfig, generate
 from tandemrl.tasks import get_task
-from tandemrl.train import load_config
-from tandemrl.train.checkpoint import load_policy_weights
+from tandemrl.tasks.extraction import answer_key
 
 
 def measure(spec: str, k: int, seed: int) -> dict:
@@ -52,7 +52,7 @@ def measure(spec: str, k: int, seed: int) -> dict:
     pairs_s = zip(sampled.example_index, sampled.completions, strict=True)
     correct_s = [task.score(examples[i], c)["correct"] for i, c in pairs_s]
     hits = [any(correct_s[i * k : (i + 1) * k]) for i in range(len(examples))]
-    seqs = token_lists(sampled)
+    seqs = sampled.response_token_lists()
     return {
         "n": len(examples),
         "k": k,

@@ -8,13 +8,13 @@ import os
 import torch
 
 import tests.toy_task  # noqa: F401  (registers the toy_letters task)
+from tandemrl.loop import load_config
+from tandemrl.loop.trainer import seed_everything
 from tandemrl.methods import RunContext, get_method_class
 from tandemrl.models import load_model
 from tandemrl.rollout import RolloutBatch
+from tandemrl.runtime import distributed as dist
 from tandemrl.tasks import get_task
-from tandemrl.train import distributed as dist
-from tandemrl.train import load_config
-from tandemrl.train.trainer import seed_everything
 
 COMMON = ["model=tiny", "task=toy_letters", "rollout.prompts_per_step=4",
           "rollout.group_size=4", "rollout.max_new_tokens=8", "optim.micro_batch_size=3"]  # fmt: skip

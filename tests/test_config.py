@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tandemrl.train import ConfigError, load_config
-from tandemrl.train.config_parse import parse_overrides
+from tandemrl.errors import ConfigError
+from tandemrl.loop import load_config
+from tandemrl.runtime.config_parse import parse_overrides
 
 
 def test_overrides_nest_and_parse_yaml_scalars():

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tandemrl.train import distributed as dist
+from tandemrl.runtime import distributed as dist
 from tests import dist_worker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,7 +124,7 @@ def test_torchrun_launch_writes_from_rank_zero_only(tmp_path):
 
 def test_prompts_must_split_over_ranks(monkeypatch):
     monkeypatch.setattr(dist, "world_size", lambda: 3)
-    from tandemrl.train import ConfigError
+    from tandemrl.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"prompts_per_step=4 does not split over 3 processes"):
         dist.shard(list(range(4)))

@@ -9,7 +9,15 @@ import time
 
 import pytest
 
+from tandemrl.errors import ConfigError
+from tandemrl.loop import load_config
 from tandemrl.tasks import RewardSpec, run_reward
+from tandemrl.tasks.duality_reward import (
+    DualityConfig,
+    MathDualityReward,
+    TranslationDualityReward,
+    problem_text,
+)
 from tandemrl.tasks.duality_score import (
     accuracy_matrix,
     backward_accuracy,
@@ -22,14 +30,7 @@ from tandemrl.tasks.duality_score import (
     text_distance,
     unique_recovery,
 )
-from tandemrl.train import ConfigError, load_config
-from tandemrl.train.duality import (
-    DualityConfig,
-    MathDualityReward,
-    TranslationDualityReward,
-    problem_text,
-)
-from tandemrl.train.policy_rewards import bind_policy_rewards, pop_reward_metrics, reward_specs
+from tandemrl.tasks.reward_sources import bind_policy_rewards, pop_reward_metrics, reward_specs
 
 PROMPT = [{"role": "user", "content": "Calculate 26 - 54.\nEnd your reply with: Answer: <number>"}]
 

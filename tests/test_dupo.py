@@ -9,13 +9,14 @@ import torch
 
 import tests.toy_task  # noqa: F401  (registers the toy_letters task)
 from tandemrl.algos import grpo_advantages
+from tandemrl.errors import ConfigError
+from tandemrl.loop import load_config
 from tandemrl.methods import RunContext, get_method_class
 from tandemrl.methods.base import accumulate_and_step
 from tandemrl.models import load_model
 from tandemrl.models.adapters import activate_adapter, adapter_parameters
 from tandemrl.rollout import score_tokens
 from tandemrl.tasks import get_task
-from tandemrl.train import ConfigError, load_config
 
 SMALL = ["model=tiny", "task=toy_letters", "rollout.prompts_per_step=2", "rollout.group_size=4",
          "rollout.max_new_tokens=6", "optim.micro_batch_size=4"]  # fmt: skip

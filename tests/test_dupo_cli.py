@@ -9,9 +9,9 @@ import torch
 
 import tests.toy_task  # noqa: F401  (registers the toy_letters task)
 from tandemrl.cli import main
+from tandemrl.loop.checkpoint import load_policy_weights, policy_adapters
 from tandemrl.models import load_model
 from tandemrl.models.adapters import activate_adapter
-from tandemrl.train.checkpoint import load_policy_weights, policy_adapters
 
 ARGS = ["method=dupo", "model=tiny", "task=toy_letters", "rollout.prompts_per_step=2",
         "rollout.max_new_tokens=6", "dupo.schedule=simultaneous", "dupo.lr_explore=0.05",

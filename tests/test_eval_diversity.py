@@ -1,4 +1,4 @@
-"""Held-out diversity metrics (tandemrl.train.diversity): self-BLEU and per-prompt counts."""
+"""Held-out diversity metrics (tandemrl.loop.diversity): self-BLEU and per-prompt counts."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+from tandemrl.loop.diversity import sample_diversity, self_bleu
 from tandemrl.models import load_model
-from tandemrl.train.diversity import sample_diversity, self_bleu
 
 
 def test_self_bleu_is_one_for_copies_and_zero_for_disjoint_texts():

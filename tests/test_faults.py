@@ -16,9 +16,9 @@ import torch
 import tests.toy_task  # noqa: F401  (registers the toy_letters task)
 from tandemrl.algos import clipped_policy_loss
 from tandemrl.cli import main
+from tandemrl.loop.checkpoint import verify_checkpoint
 from tandemrl.tasks import RewardFunctionError, RewardSpec, run_reward
 from tandemrl.tasks.rewards import MAX_ROW_TIMEOUTS, reward_limits
-from tandemrl.train.checkpoint import verify_checkpoint
 
 RUN = ["model=tiny", "task=toy_letters", "eval.before=false", "eval.after=false",
        "rollout.prompts_per_step=2", "rollout.max_new_tokens=4", "log.progress=false",

@@ -12,11 +12,11 @@ import torch
 from tandemrl.algos import grpo_advantages
 from tandemrl.algos.reward_stats import conflicts, multi_reward_stats, query_weights
 from tandemrl.cli import main
+from tandemrl.errors import ConfigError
+from tandemrl.loop import load_config
 from tandemrl.methods import RunContext, get_method_class
 from tandemrl.models import load_model
 from tandemrl.tasks import Example, RewardSpec, Task, get_task, register_task
-from tandemrl.train import load_config
-from tandemrl.train.config_parse import ConfigError
 
 
 def _share(chars, completions):

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from tandemrl.cli import main
+from tandemrl.loop import load_config
 from tandemrl.models import load_model
-from tandemrl.train import load_config
 
 
 def test_smollm2_loads_from_the_package_with_its_chat_template():

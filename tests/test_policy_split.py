@@ -12,6 +12,8 @@ import torch
 import tests.toy_task  # noqa: F401  (registers the toy_letters task)
 from tandemrl.algos import LossNormalizer, policy_split_token_advantages
 from tandemrl.cli import main
+from tandemrl.errors import ConfigError
+from tandemrl.loop import load_config
 from tandemrl.methods import RunContext, get_method_class
 from tandemrl.methods.base import score_rewards
 from tandemrl.methods.policy_split_modes import (
@@ -23,7 +25,6 @@ from tandemrl.methods.policy_split_modes import (
 from tandemrl.models import load_model
 from tandemrl.rollout import score_tokens
 from tandemrl.tasks import get_task
-from tandemrl.train import ConfigError, load_config
 
 SMALL = ["model=tiny", "task=toy_letters", "rollout.prompts_per_step=3", "rollout.group_size=4",
          "rollout.max_new_tokens=6", "optim.micro_batch_size=4"]  # fmt: skip

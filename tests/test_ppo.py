@@ -12,13 +12,14 @@ import torch
 import tests.toy_task  # noqa: F401  (registers the toy_letters task)
 from tandemrl.algos import clipped_value_loss, explained_variance, gae, kl_in_reward
 from tandemrl.cli import main
+from tandemrl.errors import ConfigError
+from tandemrl.loop import load_config
+from tandemrl.loop.checkpoint import policy_adapters
 from tandemrl.methods import RunContext, get_method_class
 from tandemrl.methods.base import score_rewards
 from tandemrl.models import load_model
 from tandemrl.models.adapters import adapter_parameters
 from tandemrl.tasks import get_task
-from tandemrl.train import ConfigError, load_config
-from tandemrl.train.checkpoint import policy_adapters
 
 SMALL = ["model=tiny", "task=toy_letters", "rollout.prompts_per_step=2", "rollout.group_size=4",
          "rollout.max_new_tokens=6", "optim.micro_batch_size=4"]  # fmt: skip

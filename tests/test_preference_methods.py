@@ -13,11 +13,12 @@ import torch
 import tests.toy_task  # noqa: F401  (registers the toy_letters task)
 from tandemrl.algos import best_worst_pairs, sequence_logps
 from tandemrl.cli import main
+from tandemrl.errors import ConfigError
+from tandemrl.loop import load_config
 from tandemrl.methods import RunContext, get_method_class
 from tandemrl.methods.preference_data import load_preference_jsonl, pair_batch
 from tandemrl.models import load_model
 from tandemrl.tasks import RewardSpec, get_task
-from tandemrl.train import ConfigError, load_config
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "prefs_arith2.jsonl"
 SMALL = ["model=tiny", "task=toy_letters", "rollout.prompts_per_step=2", "rollout.group_size=4",

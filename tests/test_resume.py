@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 import tests.toy_task  # noqa: F401  (registers the toy_letters task)
 from tandemrl.cli import main
-from tandemrl.train.checkpoint import (
+from tandemrl.loop.checkpoint import (
     CheckpointError,
     find_resume_checkpoint,
     verify_checkpoint,

@@ -10,10 +10,10 @@ import torch
 import tests.toy_task  # noqa: F401  (registers the toy_letters task)
 from tandemrl.algos import LossNormalizer
 from tandemrl.cli import main
+from tandemrl.loop import load_config
 from tandemrl.methods import RunContext, get_method_class
 from tandemrl.models import load_model
 from tandemrl.tasks import get_task
-from tandemrl.train import load_config
 
 REQUIRED_METRICS = {
     "step",

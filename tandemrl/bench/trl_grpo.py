@@ -63,10 +63,10 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     from trl import GRPOConfig, GRPOTrainer
     from trl.extras import profiling
 
+    from tandemrl.loop.logging import peak_rss_mb
     from tandemrl.models import load_model
     from tandemrl.models.adapters import LoraConfig, lora_peft_config
     from tandemrl.tasks import get_task
-    from tandemrl.train.logging import peak_rss_mb
 
     started = time.perf_counter()
     torch.manual_seed(ns.seed)

@@ -15,10 +15,10 @@ from tandemrl.algos import ADVANTAGES, AGGREGATIONS, POLICY_LOSSES, LossNormaliz
 from tandemrl.models import LoadedModel, apply_lora
 from tandemrl.models.memory import release_freed_memory
 from tandemrl.rollout import RolloutBatch, SamplingConfig, generate
+from tandemrl.runtime import distributed as dist
+from tandemrl.runtime.signals import commit
 from tandemrl.tasks import Example, Task
 from tandemrl.tasks.rewards import run_reward
-from tandemrl.train import distributed as dist
-from tandemrl.train.signals import commit
 
 
 @dataclass
@@ -248,7 +248,7 @@ def accumulate_and_step(
     the summed microbatch losses equal the full-batch loss exactly (`token-mean` divides by
     the batch's total token count, not each microbatch's). Under torch.distributed the counts
     are summed over ranks and the gradients all-reduced with SUM before clipping (see
-    `tandemrl.train.distributed`): the update equals one process's on the global batch, and
+    `tandemrl.runtime.distributed`): the update equals one process's on the global batch, and
     `loss` is this rank's share of it. A non-finite loss or gradient on any rank skips the
     update on every rank (`update_skipped` = 1; the schedule still advances).
     """

@@ -45,11 +45,11 @@ from tandemrl.algos import (
     sequence_perplexity,
 )
 from tandemrl.algos._groups import group_index, group_stats
+from tandemrl.errors import ConfigError
 from tandemrl.methods import register_method
 from tandemrl.methods.grpo import GRPO, GRPOConfig
 from tandemrl.rollout import RolloutBatch, score_tokens
-from tandemrl.train import distributed as dist
-from tandemrl.train.config_parse import ConfigError
+from tandemrl.runtime import distributed as dist
 
 
 @dataclass

@@ -50,6 +50,7 @@ from tandemrl.algos import (
     reward_progress,
     share_candidates,
 )
+from tandemrl.errors import ConfigError
 from tandemrl.methods import register_method
 from tandemrl.methods.base import (
     GroupObjective,
@@ -58,15 +59,14 @@ from tandemrl.methods.base import (
     phase_times,
     score_rewards,
 )
-from tandemrl.methods.dupo_metrics import step_metrics, token_lists, write_plot
+from tandemrl.methods.dupo_metrics import step_metrics, write_plot
 from tandemrl.methods.dupo_update import DualAdapterUpdates
 from tandemrl.models import LoadedModel
 from tandemrl.models.adapters import activate_adapter, adapter_parameters, apply_lora_adapters
 from tandemrl.rollout import RolloutBatch, generate
+from tandemrl.runtime import distributed as dist
+from tandemrl.runtime.signals import commit
 from tandemrl.tasks import Example
-from tandemrl.train import distributed as dist
-from tandemrl.train.config_parse import ConfigError
-from tandemrl.train.signals import commit
 
 EXPLORE, EXPLOIT = "explore", "exploit"
 POLICIES = (EXPLORE, EXPLOIT)
@@ -212,7 +212,7 @@ class DuPO(DualAdapterUpdates, Method):
         cross = cross_policy_reward(r, g, give_e, is_x, est, **opts) + cross_policy_reward(
             r, g, give_x, is_e, est, **opts
         )
-        seqs = token_lists(full)
+        seqs = full.response_token_lists()
         e_rows, x_rows = is_e.nonzero().squeeze(-1), is_x.nonzero().squeeze(-1)
         novelty = torch.zeros(len(full))
         novelty[e_rows] = ngram_novelty(

@@ -13,29 +13,7 @@ import torch
 from tandemrl.algos import distinct_answers, group_distinct_n, kl_penalty, masked_mean
 from tandemrl.methods.base import reward_metrics
 from tandemrl.rollout import RolloutBatch
-from tandemrl.tasks.extraction import extract_number, extract_text
-
-
-def token_lists(batch: RolloutBatch) -> list[list[int]]:
-    """Each response's token ids without padding and without its final EOS (shared by all
-    responses, it would make every pair look a little alike)."""
-    out = []
-    for ids, mask, truncated in zip(
-        batch.response_ids, batch.response_mask, batch.truncated, strict=True
-    ):
-        toks = ids[mask.bool()].tolist()
-        out.append(toks if truncated or not toks else toks[:-1])
-    return out
-
-
-def answer_key(completion: str) -> str:
-    """What counts as "the answer" for distinct-answer counts: the extracted number, else the
-    `Answer:` text, else the whole completion with whitespace and case normalised."""
-    return (
-        extract_number(completion)
-        or extract_text(completion)
-        or " ".join(completion.split()).lower()
-    )
+from tandemrl.tasks.extraction import answer_key
 
 
 def policy_metrics(
@@ -64,7 +42,7 @@ def policy_metrics(
         if full.ref_logp is not None:
             kl = kl_penalty(logp[rows], batch.ref_logp, kl_estimator)
             out[f"{prefix}kl"] = masked_mean(kl, mask).item()
-    seqs = token_lists(batch)
+    seqs = batch.response_token_lists()
     out[f"{prefix}diversity/distinct_answers"] = distinct_answers(
         [answer_key(c) for c in batch.completions], batch.group_ids
     )
@@ -116,7 +94,7 @@ def write_plot(history: list[dict[str, float]], path, policies: tuple[str, ...])
     """The reward/diversity plot; returns an error message instead of raising (a missing
     matplotlib must not fail a finished run)."""
     try:
-        from tandemrl.train.plots import plot_policies
+        from tandemrl.methods.dupo_plots import plot_policies
 
         plot_policies(history, path, policies)
     except Exception as err:  # noqa: BLE001 - reported to the user, the run is done anyway

@@ -24,7 +24,7 @@ from tandemrl.models import reference_mode
 from tandemrl.models.adapters import activate_adapter, adapter_parameters
 from tandemrl.models.memory import release_freed_memory
 from tandemrl.rollout import RolloutBatch, score_tokens
-from tandemrl.train import distributed as dist
+from tandemrl.runtime import distributed as dist
 
 
 class DualAdapterUpdates:

@@ -30,10 +30,10 @@ import torch
 
 from tandemrl.algos import gd2po_advantages, gdpo_advantages, groups_with_signal
 from tandemrl.algos.reward_stats import multi_reward_stats
+from tandemrl.errors import ConfigError
 from tandemrl.methods import register_method
 from tandemrl.methods.grpo import GRPO, GRPOConfig
 from tandemrl.rollout import RolloutBatch
-from tandemrl.train.config_parse import ConfigError
 
 
 @dataclass

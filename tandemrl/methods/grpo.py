@@ -31,6 +31,7 @@ from tandemrl.algos import (
     kl_loss,
     kl_penalty,
 )
+from tandemrl.errors import ConfigError
 from tandemrl.methods import register_method
 from tandemrl.methods.base import (
     GroupObjective,
@@ -43,7 +44,6 @@ from tandemrl.methods.base import (
 from tandemrl.models import reference_mode
 from tandemrl.rollout import RolloutBatch, score_tokens
 from tandemrl.tasks import Example
-from tandemrl.train.config_parse import ConfigError
 
 
 @dataclass

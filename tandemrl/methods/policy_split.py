@@ -46,6 +46,7 @@ from tandemrl.algos import (
     kl_loss,
     policy_split_token_advantages,
 )
+from tandemrl.errors import ConfigError
 from tandemrl.methods import register_method
 from tandemrl.methods.base import (
     GroupObjective,
@@ -68,7 +69,6 @@ from tandemrl.methods.policy_split_modes import (
 )
 from tandemrl.rollout import RolloutBatch, generate, score_tokens
 from tandemrl.tasks import Example
-from tandemrl.train.config_parse import ConfigError
 
 
 @dataclass

@@ -22,8 +22,8 @@ import torch
 
 from tandemrl.algos import distinct_answers, group_distinct_n, kl_penalty, masked_mean
 from tandemrl.methods.base import reward_metrics
-from tandemrl.methods.dupo_metrics import answer_key, token_lists
 from tandemrl.rollout import RolloutBatch
+from tandemrl.tasks.extraction import answer_key
 
 NORMAL, HIGH_ENTROPY = "normal", "high_entropy"
 MODES = (NORMAL, HIGH_ENTROPY)
@@ -191,7 +191,7 @@ def mode_metrics(
         if ref_logp is not None:
             kl = kl_penalty(logp[mode][rows], ref_logp[mode][rows], kl_estimator)
             out[f"{prefix}kl"] = masked_mean(kl, mask).item()
-        seqs = token_lists(batch)
+        seqs = batch.response_token_lists()
         answers = [answer_key(c) for c in batch.completions]
         out[f"{prefix}diversity/distinct_answers"] = distinct_answers(answers, batch.group_ids)
         out[f"{prefix}diversity/distinct_1"] = group_distinct_n(seqs, batch.group_ids, 1)

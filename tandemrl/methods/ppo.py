@@ -40,6 +40,7 @@ from tandemrl.algos import (
     masked_mean,
     masked_whiten,
 )
+from tandemrl.errors import ConfigError
 from tandemrl.methods import register_method
 from tandemrl.methods.base import (
     ClippedObjective,
@@ -55,7 +56,6 @@ from tandemrl.models.adapters import activate_adapter, adapter_parameters, apply
 from tandemrl.rollout import RolloutBatch, score_tokens
 from tandemrl.rollout.logprobs import states_before_responses
 from tandemrl.tasks import Example
-from tandemrl.train.config_parse import ConfigError
 
 POLICY, CRITIC = "policy", "critic"
 

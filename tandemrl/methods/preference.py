@@ -34,13 +34,13 @@ from typing import ClassVar, Literal
 import torch
 
 from tandemrl.algos import best_worst_pairs, dpo_loss, ipo_loss, rpo_sft_term, sequence_logps
+from tandemrl.errors import ConfigError
 from tandemrl.methods import register_method
 from tandemrl.methods.base import Method, accumulate_and_step, reward_metrics, score_rewards
 from tandemrl.methods.preference_data import PreferenceRow, load_preference_jsonl, pair_batch
 from tandemrl.models import reference_mode
 from tandemrl.rollout import RolloutBatch, score_tokens
 from tandemrl.tasks import Example
-from tandemrl.train.config_parse import ConfigError
 
 
 @dataclass

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from tandemrl.errors import ConfigError
 from tandemrl.rollout import RolloutBatch
 from tandemrl.rollout.generate import encode_prompts
-from tandemrl.train.config_parse import ConfigError
 
 REQUIRED = ("prompt", "chosen", "rejected")
 

@@ -1,11 +1,15 @@
 """Generation and scoring of responses: one `RolloutBatch` flows through a training step."""
 
 from tandemrl.rollout.batch import RolloutBatch
+from tandemrl.rollout.engine import HFEngine, PolicySampler, RolloutEngine
 from tandemrl.rollout.generate import SamplingConfig, encode_prompts, generate
 from tandemrl.rollout.logprobs import TokenScores, score_tokens
 
 __all__ = [
+    "HFEngine",
+    "PolicySampler",
     "RolloutBatch",
+    "RolloutEngine",
     "SamplingConfig",
     "TokenScores",
     "encode_prompts",

@@ -48,6 +48,17 @@ class RolloutBatch:
     def response_lengths(self) -> torch.Tensor:
         return self.response_mask.sum(-1)
 
+    def response_token_lists(self) -> list[list[int]]:
+        """Each response's token ids without padding and without its final EOS (every
+        finished response shares it, which would make any two look a little alike)."""
+        out = []
+        for ids, mask, truncated in zip(
+            self.response_ids, self.response_mask, self.truncated, strict=True
+        ):
+            toks = ids[mask.bool()].tolist()
+            out.append(toks if truncated or not toks else toks[:-1])
+        return out
+
     def select(self, index: torch.Tensor | list[int]) -> RolloutBatch:
         """Rows `index` of every per-sample field (a microbatch, or a filtered batch)."""
         idx = torch.as_tensor(index, dtype=torch.long)

@@ -164,3 +164,13 @@ def has_answer_line(completion: str, *, numeric: bool = False) -> bool:
         return False
     line = _first_nonempty_line(tail)
     return bool(_numbers(line)) if numeric else bool(line.strip(_WRAPPERS))
+
+
+def answer_key(completion: str) -> str:
+    """What counts as "the answer" when counting distinct answers: the extracted number, else
+    the `Answer:` text, else the whole completion with whitespace and case normalised."""
+    return (
+        extract_number(completion)
+        or extract_text(completion)
+        or " ".join(completion.split()).lower()
+    )

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tandemrl.errors import ConfigError
 from tandemrl.tasks.base import RewardSpec, Task, completion_text
 from tandemrl.tasks.duality import (
     EQUATION_TEMPLATE,
@@ -51,9 +52,8 @@ from tandemrl.tasks.duality_score import (
     text_distance,
 )
 from tandemrl.tasks.extraction import extract_number
+from tandemrl.tasks.reward_sources import Generate, register_reward_source
 from tandemrl.tasks.verify import numbers_equal
-from tandemrl.train.config_parse import ConfigError
-from tandemrl.train.policy_rewards import Generate, register_reward_source
 
 __all__ = ["DualityConfig", "MathDualityReward", "TranslationDualityReward", "problem_text"]
 

@@ -8,13 +8,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tandemrl.errors import ConfigError
+from tandemrl.loop.checkpoint import load_policy_weights, policy_adapters
+from tandemrl.loop.evaluate import evaluate, summary_line
+from tandemrl.loop.trainer import log
 from tandemrl.models import load_model
+from tandemrl.runtime.config import TrainConfig
 from tandemrl.tasks import get_task
-from tandemrl.train.checkpoint import load_policy_weights, policy_adapters
-from tandemrl.train.config import TrainConfig
-from tandemrl.train.config_parse import ConfigError
-from tandemrl.train.evaluate import evaluate, summary_line
-from tandemrl.train.trainer import log
 
 
 def resolve_policy(cfg: TrainConfig, checkpoint: str | None, policy: str | None) -> str | None:

@@ -27,12 +27,12 @@ EXIT_USAGE = 2
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from tandemrl.algos import UnknownNameError
+    from tandemrl.errors import ConfigError
+    from tandemrl.loop.checkpoint import CheckpointError
+    from tandemrl.loop.trainer import TrainingError
     from tandemrl.methods import UnknownMethodError
     from tandemrl.models import ModelLoadError
     from tandemrl.tasks import RewardFunctionError, TaskOptionError, UnknownTaskError
-    from tandemrl.train import ConfigError
-    from tandemrl.train.checkpoint import CheckpointError
-    from tandemrl.train.trainer import TrainingError
 
     return (
         ConfigError,
@@ -56,8 +56,8 @@ def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_train(args: list[str]) -> int:
-    from tandemrl.train import load_config
-    from tandemrl.train.trainer import train
+    from tandemrl.loop import load_config
+    from tandemrl.loop.trainer import train
 
     config, overrides = _split_args(args)
     cfg = load_config(config, overrides)
@@ -85,8 +85,8 @@ def _checkpoint_args(args: list[str], keys: tuple[str, ...]) -> tuple[dict, str 
 
 
 def cmd_eval(args: list[str]) -> int:
-    from tandemrl.train import load_config
-    from tandemrl.train.eval_cli import run_eval
+    from tandemrl.cli.eval import run_eval
+    from tandemrl.loop import load_config
 
     special, config, rest = _checkpoint_args(args, ("checkpoint", "policy", "mode"))
     cfg = load_config(config, rest)
@@ -97,9 +97,10 @@ def cmd_eval(args: list[str]) -> int:
 
 def cmd_rerank(args: list[str]) -> int:
     """`tandem rerank`: N candidates per held-out problem, K dual samples per question; prints
-    greedy, majority-vote and dual-reranking accuracy (tandemrl.train.rerank_cli)."""
-    from tandemrl.train import ConfigError, load_config
-    from tandemrl.train.rerank_cli import run_rerank
+    greedy, majority-vote and dual-reranking accuracy (tandemrl.cli.rerank)."""
+    from tandemrl.cli.rerank import run_rerank
+    from tandemrl.errors import ConfigError
+    from tandemrl.loop import load_config
 
     special, config, rest = _checkpoint_args(args, ("checkpoint", "n", "k", "temperature"))
     try:
@@ -114,8 +115,9 @@ def cmd_rerank(args: list[str]) -> int:
 
 
 def cmd_export(args: list[str]) -> int:
-    from tandemrl.train import ConfigError, load_config
-    from tandemrl.train.eval_cli import run_export
+    from tandemrl.cli.eval import run_export
+    from tandemrl.errors import ConfigError
+    from tandemrl.loop import load_config
 
     special, config, rest = _checkpoint_args(args, ("checkpoint", "policy", "out", "merged"))
     if not special.get("checkpoint") or not special.get("out"):
@@ -224,7 +226,3 @@ def main(argv: list[str] | None = None) -> int:
             print(f"tandem: error: {err}", file=sys.stderr)
             return EXIT_USAGE
         raise
-
-
-if __name__ == "__main__":
-    sys.exit(main())

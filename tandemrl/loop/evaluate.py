@@ -9,9 +9,9 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from tandemrl.loop.diversity import sample_diversity
 from tandemrl.rollout import SamplingConfig, generate
 from tandemrl.tasks import Example, Task
-from tandemrl.train.diversity import sample_diversity
 
 
 def evaluate(
@@ -35,7 +35,7 @@ def evaluate(
     `pass_temperature` (n = k, so this is the plain estimator, not the unbiased n > k one).
     sampled_accuracy: mean `correct` over those k samples (an estimate of pass@1 when sampling).
     diversity/*: distinct answers, distinct-1/2 and self-BLEU of those k samples per example
-    (tandemrl.train.diversity).
+    (tandemrl.loop.diversity).
     """
     examples = list(examples)
     greedy = _complete(

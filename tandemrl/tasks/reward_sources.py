@@ -1,13 +1,13 @@
 """Rewards that sample from the policy, and the ``reward=`` switch that installs them.
 
 Most rewards are plain ``f(prompts, completions, **columns)``. A few need the model being
-trained, e.g. the DuPO duality reward (``tandemrl.train.duality``), which asks the policy to
+trained, e.g. the DuPO duality reward (``tandemrl.tasks.duality_reward``), which asks the policy to
 reconstruct part of the input from each response. Such a reward stays a plain callable and
 adds two optional methods, which the trainer calls on every reward of the task:
 
 - ``bind_policy(generate)``: called once after the method is built. ``generate(prompts, n,
   *, temperature, max_new_tokens, seed) -> list[str]`` samples ``n`` completions per chat
-  prompt (row ``i*n + j``) from the current policy (``PolicyGenerator``).
+  prompt (row ``i*n + j``) from the current policy (``tandemrl.rollout.PolicySampler``).
 - ``pop_metrics() -> dict[str, float]``: called after every step; what it returns is logged
   with the step's metrics (``dual/generate_s``, ``dual/samples``, ...).
 
@@ -21,13 +21,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from tandemrl.errors import ConfigError
 from tandemrl.tasks.base import RewardSpec, Task
-from tandemrl.train.config_parse import ConfigError
 
 __all__ = [
     "REWARD_SOURCES",
     "Generate",
-    "PolicyGenerator",
     "bind_policy_rewards",
     "check_reward_config",
     "pop_reward_metrics",
@@ -62,7 +61,7 @@ def register_reward_source(name: str) -> Callable[[RewardSource], RewardSource]:
 
 
 def _load_sources() -> None:
-    import tandemrl.train.duality  # noqa: F401  (registers "duality")
+    import tandemrl.tasks.duality_reward  # noqa: F401  (registers "duality")
 
 
 def check_reward_config(config: Any) -> None:
@@ -96,38 +95,3 @@ def pop_reward_metrics(specs: list[RewardSpec]) -> dict[str, float]:
         if callable(pop):
             out.update(pop())
     return out
-
-
-class PolicyGenerator:
-    """``Generate`` over a model: ``model()`` returns the module to sample from now (the
-    method's ``eval_policy``, so updates and adapter switches are seen), ``batch_size``
-    sequences decoded at once."""
-
-    def __init__(self, model: Callable[[], Any], tokenizer: Any, batch_size: int = 32) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-        self.batch_size = batch_size
-
-    def __call__(
-        self,
-        prompts: list[list[dict[str, str]]],
-        n: int,
-        *,
-        temperature: float,
-        max_new_tokens: int,
-        seed: int,
-    ) -> list[str]:
-        from tandemrl.rollout import SamplingConfig, generate
-
-        if not prompts:
-            return []
-        batch = generate(
-            self.model(),
-            self.tokenizer,
-            prompts,
-            n,
-            SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature),
-            seed=seed,
-            batch_size=self.batch_size,
-        )
-        return batch.completions

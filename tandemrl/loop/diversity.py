@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tandemrl.algos import distinct_answers, group_distinct_n
-from tandemrl.methods.dupo_metrics import answer_key
+from tandemrl.tasks.extraction import answer_key
 
 
 def self_bleu(texts: Sequence[str], group_ids: Sequence[int]) -> float:

@@ -15,9 +15,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config value is unknown or malformed; the message names the key and the fix."""
+from tandemrl.errors import ConfigError
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tandemrl.train import distributed as dist
-from tandemrl.train.checkpoint import (
+from tandemrl.errors import ConfigError
+from tandemrl.loop.checkpoint import (
     CheckpointError,
     find_resume_checkpoint,
     latest_checkpoint,
@@ -24,7 +24,7 @@ from tandemrl.train.checkpoint import (
     set_rng_state,
     verify_checkpoint,
 )
-from tandemrl.train.config_parse import ConfigError
+from tandemrl.runtime import distributed as dist
 
 
 def _log(message: str) -> None:

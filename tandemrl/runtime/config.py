@@ -12,14 +12,12 @@ so adding a method adds its section without touching this file.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
+from tandemrl.errors import ConfigError
 from tandemrl.models.adapters import LoraConfig
-from tandemrl.train.config_parse import ConfigError, deep_merge, from_dict, to_dict
-from tandemrl.train.duality import DualityConfig
+from tandemrl.runtime.config_parse import to_dict
+from tandemrl.tasks.duality_reward import DualityConfig
 
 
 @dataclass
@@ -101,7 +99,7 @@ class TrainConfig:
     # "" = start fresh; "auto" = continue the newest valid checkpoint in output_dir (fresh if
     # none); a path = continue that checkpoint.
     resume: str = ""
-    # Where the rewards come from: "task" (its own) or "duality" (DuPO, tandemrl.train.duality).
+    # Where the rewards come from: "task" (its own) or "duality" (DuPO, tandemrl.tasks.duality_reward).
     reward: str = "task"
     lora: LoraConfig = field(default_factory=LoraConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -119,33 +117,6 @@ class TrainConfig:
         out.pop("method_config")
         out[self.method] = to_dict(self.method_config)
         return out
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Defaults <- YAML file <- `key=value` overrides, validated against the dataclasses."""
-    from tandemrl.methods import get_method_class
-    from tandemrl.train.config_parse import parse_overrides
-
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys")
-    data = deep_merge(data, parse_overrides(overrides or []))
-    method_name = data.get("method", TrainConfig.method)
-    method_cls = get_method_class(method_name)
-    section = data.pop(method_name, {}) or {}
-    cfg = from_dict(TrainConfig, data)
-    cfg.method_config = from_dict(method_cls.Config, section, path=method_name)
-    validate(cfg)
-    method_cls.check_config(cfg)
-    return cfg
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -169,7 +140,7 @@ def validate(cfg: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    from tandemrl.train.policy_rewards import check_reward_config
+    from tandemrl.tasks.reward_sources import check_reward_config
 
     check_reward_config(cfg)
     cfg.duality.check()

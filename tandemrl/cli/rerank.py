@@ -22,9 +22,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tandemrl.errors import ConfigError
+from tandemrl.loop.checkpoint import load_policy_weights
+from tandemrl.loop.trainer import log
 from tandemrl.models import load_model
+from tandemrl.rollout import HFEngine, PolicySampler
+from tandemrl.runtime.config import TrainConfig
 from tandemrl.tasks import get_task
 from tandemrl.tasks.duality import build_dual_questions
+from tandemrl.tasks.duality_reward import problem_text
 from tandemrl.tasks.duality_score import (
     accuracy_matrix,
     dual_rerank,
@@ -33,12 +39,6 @@ from tandemrl.tasks.duality_score import (
     majority_vote,
 )
 from tandemrl.tasks.extraction import extract_number
-from tandemrl.train.checkpoint import load_policy_weights
-from tandemrl.train.config import TrainConfig
-from tandemrl.train.config_parse import ConfigError
-from tandemrl.train.duality import problem_text
-from tandemrl.train.policy_rewards import PolicyGenerator
-from tandemrl.train.trainer import log
 
 __all__ = ["run_rerank"]
 
@@ -61,7 +61,7 @@ def run_rerank(
     model = loaded.model
     if checkpoint:
         model = load_policy_weights(model, Path(checkpoint), None)
-    sample = PolicyGenerator(lambda: model, loaded.tokenizer, cfg.eval.batch_size)
+    sample = PolicySampler(lambda: model, HFEngine(loaded.tokenizer, cfg.eval.batch_size))
     prompts = [ex.messages for ex in examples]
     tokens = cfg.rollout.max_new_tokens
     t0 = time.perf_counter()

@@ -17,30 +17,30 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from tandemrl.methods import RunContext, get_method_class
-from tandemrl.models import load_model
-from tandemrl.tasks import Example, get_task
-from tandemrl.tasks.rewards import reward_limits
-from tandemrl.train import distributed as dist
-from tandemrl.train.checkpoint import rng_state, save_checkpoint
-from tandemrl.train.config import TrainConfig
-from tandemrl.train.config_parse import ConfigError
-from tandemrl.train.evaluate import evaluate, summary_line
-from tandemrl.train.logging import MetricsLogger, peak_rss_mb
-from tandemrl.train.policy_rewards import (
-    PolicyGenerator,
-    bind_policy_rewards,
-    pop_reward_metrics,
-    reward_specs,
-)
-from tandemrl.train.resume import (
+from tandemrl.errors import ConfigError
+from tandemrl.loop.checkpoint import rng_state, save_checkpoint
+from tandemrl.loop.evaluate import evaluate, summary_line
+from tandemrl.loop.logging import MetricsLogger, peak_rss_mb
+from tandemrl.loop.resume import (
     gathered_rng_states,
     resolve_resume,
     restore,
     set_aside_old_checkpoints,
     trainer_state,
 )
-from tandemrl.train.signals import StopSignals, step_scope
+from tandemrl.methods import RunContext, get_method_class
+from tandemrl.models import load_model
+from tandemrl.rollout import HFEngine, PolicySampler
+from tandemrl.runtime import distributed as dist
+from tandemrl.runtime.config import TrainConfig
+from tandemrl.runtime.signals import StopSignals, step_scope
+from tandemrl.tasks import Example, get_task
+from tandemrl.tasks.reward_sources import (
+    bind_policy_rewards,
+    pop_reward_metrics,
+    reward_specs,
+)
+from tandemrl.tasks.rewards import reward_limits
 
 EXIT_SIGTERM = 128 + 15
 
@@ -137,7 +137,9 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     loaded = load_model(cfg.model, cfg.dtype)
     method = get_method_class(cfg.method)(RunContext(cfg, loaded, task))
     dist.broadcast_parameters(method.policy)
-    policy_sampler = PolicyGenerator(method.eval_policy, loaded.tokenizer, cfg.eval.batch_size)
+    policy_sampler = PolicySampler(
+        method.eval_policy, HFEngine(loaded.tokenizer, cfg.eval.batch_size)
+    )
     bind_policy_rewards(task.rewards, policy_sampler)  # rewards that sample from the policy
     sampler = PromptSampler(train_examples, cfg.seed)
     start = 0

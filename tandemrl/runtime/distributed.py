@@ -89,7 +89,7 @@ def shard(items: Sequence[T], what: str = "rollout.prompts_per_step") -> list[T]
     """This rank's contiguous slice of `items`; rank order concatenates back to `items`."""
     n, w, r = len(items), world_size(), rank()
     if n % w:
-        from tandemrl.train.config_parse import ConfigError
+        from tandemrl.errors import ConfigError
 
         raise ConfigError(
             f"{what}={n} does not split over {w} processes; use a multiple of {w} so every "

@@ -1,0 +1,11 @@
+"""Errors in what the user asked for, shared by every floor (this module imports nothing).
+
+The CLI prints any of these as one line, `tandem: error: <message>`, and exits 2.
+"""
+
+
+class ConfigError(ValueError):
+    """A config value is unknown or malformed; the message names the key and the fix."""
+
+
+__all__ = ["ConfigError"]
