@@ -38,28 +38,31 @@ PREV_PPL = torch.cat([torch.linspace(1.0, 2.0, 20), torch.linspace(3.0, 4.0, 20)
 PREV_RIGHT = torch.cat([torch.ones(20), torch.zeros(20)])
 
 
-def _hand_batch(method, task, rewards=REWARDS, ppl=PPL, prev=(PREV_PPL, PREV_RIGHT)):
+def _hand_state(method, task, rewards=REWARDS, ppl=PPL, prev=(PREV_PPL, PREV_RIGHT)):
+    """A step state after `prepare`, with rewards and perplexities set by hand."""
     examples = list(task.train_examples())[:4]
     batch = method.rollout(0, examples)
     assert len(batch) == 16
     batch.rewards = torch.tensor(rewards, dtype=torch.float32)
     batch.reward_matrix = batch.rewards.unsqueeze(-1)
     batch.reward_names = ["correct"]
-    method.perplexity = lambda _batch: torch.tensor(ppl)
+    state = method.State(step=0, examples=examples, batch=batch)
+    state.perplexity = torch.tensor(ppl)
     if prev is not None:
         method.queue.push(*prev)
-    return batch
+    return state
 
 
 def test_reallocation_picks_the_top_perplexity_response_in_the_right_direction():
     method, task = _method(["method=dipo", "rollout.prompts_per_step=4"])
-    batch = _hand_batch(method, task)
-    metrics = method.compute_advantages(batch)
+    state = _hand_state(method, task)
+    batch = state.batch
+    metrics = method.advantages(state)
     assert metrics["dipo/valid"] == 1.0
     assert 2.0 < metrics["dipo/threshold"] < 3.0
     assert metrics["dipo/explore_groups"] == 1 and metrics["dipo/exploit_groups"] == 1
     assert metrics["dipo/zero_var_groups"] == 3 and metrics["dipo/used_groups"] == 2
-    adv = batch.extras["dipo_advantages"]
+    adv = batch.per_row.realloc_advantages
     # R_r of g0 = [0, 0, 0, 1]: GRPO z-scores with unbiased std 0.5 -> [-0.5, -0.5, -0.5, 1.5].
     torch.testing.assert_close(adv[:4], torch.tensor([-0.5, -0.5, -0.5, 1.5]), atol=1e-4, rtol=0)
     # R_r of g1 = [1, 0, 1, 1]: the 3.9 row is pushed down.
@@ -73,8 +76,8 @@ def test_space_all_needs_every_member_on_the_side():
     method, task = _method(["method=dipo", "dipo.space=all", "rollout.prompts_per_step=4"])
     ppl = list(PPL)
     ppl[0] = 2.9  # g0's mean stays low, but one member now sits above the threshold
-    batch = _hand_batch(method, task, ppl=ppl)
-    metrics = method.compute_advantages(batch)
+    state = _hand_state(method, task, ppl=ppl)
+    metrics = method.advantages(state)
     assert metrics["dipo/valid"] == 1.0 and 1.9 < metrics["dipo/threshold"] < 2.9
     assert metrics["dipo/explore_groups"] == 0 and metrics["dipo/exploit_groups"] == 1
 
@@ -83,16 +86,17 @@ def test_invalid_threshold_reallocates_nothing_and_says_why(capsys):
     """Right answers at HIGH perplexity: the threshold is invalid; the loss is GRPO's."""
     method, task = _method(["method=dipo", "rollout.prompts_per_step=4"])
     flipped = (PREV_PPL, 1 - PREV_RIGHT)
-    batch = _hand_batch(method, task, prev=flipped)
-    metrics = method.compute_advantages(batch)
+    state = _hand_state(method, task, prev=flipped)
+    batch = state.batch
+    metrics = method.advantages(state)
     assert metrics["dipo/valid"] == 0.0
     assert "mostly" in metrics["dipo/invalid_reason"]
     assert metrics["dipo/used_groups"] == 0
-    assert batch.extras["dipo_advantages"].abs().sum() == 0
+    assert batch.per_row.realloc_advantages.abs().sum() == 0
     assert "no reallocation" in capsys.readouterr().err
     norm = LossNormalizer.from_masks(batch.train_mask)
-    loss, _ = method.loss(batch, norm)
-    grpo_loss, _ = method.loss_from_scores(batch, _scores(method, batch), norm)
+    loss = method.loss(batch, norm, state).loss
+    grpo_loss = method.loss_from_scores(batch, _scores(method, batch), norm).loss
     assert loss.item() == pytest.approx(grpo_loss.item(), abs=1e-7)
 
 
@@ -112,15 +116,17 @@ def test_objective_is_grpo_plus_alpha_times_the_reallocated_term():
     """The ratio is 1 at the one update: grad J(R) + alpha J(R_r) = grad of the GRPO loss with
     advantages A + alpha A_r (no dynamic sampling: one normaliser for both terms)."""
     method, task = _method(["method=dipo", "dipo.alpha=0.3", "rollout.prompts_per_step=4"])
-    batch = _hand_batch(method, task)
-    method.compute_advantages(batch)
+    state = _hand_state(method, task)
+    batch = state.batch
+    method.advantages(state)
     norm = LossNormalizer.from_masks(batch.train_mask)
-    loss, metrics = method.loss(batch, norm)
+    out = method.loss(batch, norm, state)
+    loss, metrics = out.loss, out.metrics
     assert "dipo/realloc_loss" in metrics
     g_dipo = _grads(method, loss)
     combined = batch.select(list(range(16)))
-    combined.advantages = batch.advantages + 0.3 * batch.extras["dipo_advantages"]
-    ref, _ = method.loss_from_scores(combined, _scores(method, combined), norm)
+    combined.advantages = batch.advantages + 0.3 * batch.per_row.realloc_advantages
+    ref = method.loss_from_scores(combined, _scores(method, combined), norm).loss
     g_ref = _grads(method, ref)
     assert any(g.abs().sum() > 0 for g in g_dipo)
     for a, b in zip(g_dipo, g_ref, strict=True):
@@ -144,26 +150,27 @@ def test_dynamic_sampling_drops_a_group_from_the_main_term_but_not_the_reallocat
     method, task = _method(
         ["method=dipo", "dipo.dynamic_sampling=true", "rollout.prompts_per_step=4"]
     )
-    batch = _hand_batch(method, task)
-    method.compute_advantages(batch)
-    main_rows = batch.extras["dipo_main_mask"].sum(-1) > 0
+    state = _hand_state(method, task)
+    batch = state.batch
+    method.advantages(state)
+    main_rows = batch.per_row.main_mask.sum(-1) > 0
     all_rows = batch.train_mask.sum(-1) > 0
     assert main_rows.tolist() == [False] * 12 + [True] * 4  # only the mixed group g3
     assert all_rows.all()  # g0 and g1 still enter the loss through R_r
-    main_norm, realloc_norm = method._norms
+    main_norm, realloc_norm = state.main_normalizer, state.realloc_normalizer
     assert main_norm.num_sequences == 4 and realloc_norm.num_sequences == 16
     norm = LossNormalizer.from_masks(batch.train_mask)
-    loss, _ = method.loss(batch, norm)
+    loss = method.loss(batch, norm, state).loss
     g_with = _grads(method, loss)
     method.cfg.alpha = 0.0
-    g_without = _grads(method, method.loss(batch, norm)[0])
+    g_without = _grads(method, method.loss(batch, norm, state).loss)
     # Equal-length responses make the R_r loss value 0 (z-scores sum to 0), not its gradient.
     assert any(not torch.allclose(a, b) for a, b in zip(g_with, g_without, strict=True))
 
 
 def test_queue_and_running_total_survive_state_dict():
     method, task = _method(["method=dipo", "rollout.prompts_per_step=4"])
-    method.compute_advantages(_hand_batch(method, task))
+    method.advantages(_hand_state(method, task))
     state = method.state_dict()
     fresh, _ = _method(["method=dipo", "rollout.prompts_per_step=4"])
     fresh.load_state_dict(state)

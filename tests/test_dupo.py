@@ -12,7 +12,7 @@ from tandemrl.algos import grpo_advantages
 from tandemrl.errors import ConfigError
 from tandemrl.loop import load_config
 from tandemrl.methods import RunContext, get_method_class
-from tandemrl.methods.base import accumulate_and_step
+from tandemrl.methods.dupo import SampledBy, TermNormalizers
 from tandemrl.models import load_model
 from tandemrl.models.adapters import activate_adapter, adapter_parameters
 from tandemrl.rollout import score_tokens
@@ -106,7 +106,8 @@ def test_without_interactions_it_is_two_independent_grpo_runs():
     start = {p: _snapshot(method, p) for p in lrs}
     metrics = method.step(0, list(task.train_examples())[:2])
     assert metrics["explore/kl"] > 1e-4 and metrics["exploit/kl"] > 1e-4
-    full = method.last_full
+    state = method.last_state
+    full = state.batch
     for p, lr in lrs.items():
         grpo, _ = _method(["lora.enabled=true", f"optim.lr={lr}", "grpo.kl_coef=0.1"], "grpo")
         params = adapter_parameters(grpo.policy, "default")
@@ -114,10 +115,12 @@ def test_without_interactions_it_is_two_independent_grpo_runs():
             for key, value in start[p].items():
                 params[key].copy_(value)
         # The same responses and task rewards, with GRPO's own advantages, loss and update.
-        batch = full.select(method.last_batches[p].extras["full_rows"])
-        batch.extras, batch.advantages, batch.loss_mask = {}, None, None
-        grpo.compute_advantages(batch)
-        accumulate_and_step(grpo.policy, grpo.optimizer, grpo.scheduler, batch, grpo.loss, 4, 1.0)
+        batch = full.select(state.batches[p].per_row.source_row)
+        batch.per_row, batch.advantages, batch.loss_mask = None, None, None
+        grpo_state = grpo.State(step=0, examples=state.examples, batch=batch)
+        grpo.advantages(grpo_state)
+        grpo.policy.train()
+        grpo.update(grpo_state)
         mine = _snapshot(method, p)
         moved = max((mine[k] - start[p][k]).abs().max().item() for k in mine)
         assert moved > 1e-4, p
@@ -135,11 +138,12 @@ def test_response_sharing_uses_both_adapters_log_probs():
     examples = list(task.train_examples())[:2]
     before = {p: _snapshot(method, p) for p in ("explore", "exploit")}
     metrics = method.step(0, examples)
-    batch = method.last_batches["exploit"]
-    shared = batch.extras["shared"]
+    step_state = method.last_state
+    batch = step_state.batches["exploit"]
+    shared = batch.per_row.shared
     assert shared.any() and metrics["explore/shared_count"] == shared.sum().item()
-    own = batch.extras["own"]
-    task_r = method.last_full.rewards[batch.extras["full_rows"]]
+    own = batch.per_row.own
+    task_r = step_state.batch.rewards[batch.per_row.source_row]
     for i in shared.nonzero().squeeze(-1).tolist():  # each beats the exploiter's own mean
         same = own & (batch.group_ids == batch.group_ids[i])
         assert task_r[i] > task_r[same].mean()
@@ -160,12 +164,13 @@ def test_response_sharing_uses_both_adapters_log_probs():
         exploit = score_tokens(activate_adapter(method.policy, "exploit"), sub, temperature).logp
     mask = sub.response_mask.bool()
     assert (explore - exploit)[mask].abs().max() > 1e-3
-    torch.testing.assert_close(batch.extras["behaviour_logp"][rows][mask], explore[mask])
+    torch.testing.assert_close(batch.per_row.behaviour_logp[rows][mask], explore[mask])
+    is_weights = method.share_weights(step_state.trained["exploit"].logp, batch.per_row)
     expected = (exploit - explore).exp().clamp(max=1.5)
-    torch.testing.assert_close(batch.extras["is_weights"][rows][mask], expected[mask])
+    torch.testing.assert_close(is_weights[rows][mask], expected[mask])
     # the exploiter's own rows are on-policy: weight exactly 1
     own_mask = batch.response_mask[~shared].bool()
-    assert (batch.extras["is_weights"][~shared][own_mask] == 1).all()
+    assert (is_weights[~shared][own_mask] == 1).all()
 
 
 def test_adaptive_weighting_scales_the_faster_policys_lr():
@@ -215,7 +220,7 @@ def _handmade_batch():
         completions=["a", "b", "a", "c"], truncated=torch.ones(4, dtype=torch.bool),
         rewards=torch.tensor([0.0, 0.0, 1.0, 0.0]),
     )  # fmt: skip
-    batch.extras["explore"] = torch.tensor([False, False, True, True])
+    batch.per_row = SampledBy(explore=torch.tensor([False, False, True, True]))
     return batch
 
 
@@ -223,29 +228,29 @@ def test_training_rewards_sharing_and_distillation_by_hand():
     method, _ = _method(["dupo.cross_reward_weight=0.3", "dupo.diversity_coef=0.1"])
     full = _handmade_batch()
     inter = method.interactions(full)
-    assert inter["give_e"].tolist() == [False, False, True, False]
-    assert not inter["give_x"].any()  # the exploiter has no successful response
+    assert inter.give_e.tolist() == [False, False, True, False]
+    assert not inter.give_x.any()  # the exploiter has no successful response
     # row 2 in the exploiter's group [0, 0, 1]: mean 1/3, Bessel std 1/sqrt(3) -> A = 2/sqrt(3)
     a = 2 / math.sqrt(3)
-    torch.testing.assert_close(inter["cross"], torch.tensor([0.0, 0.0, a, 0.0]), atol=1e-5, rtol=0)
-    torch.testing.assert_close(inter["novelty"], torch.tensor([0.0, 0.0, 0.0, 1.0]))
+    torch.testing.assert_close(inter.cross, torch.tensor([0.0, 0.0, a, 0.0]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(inter.novelty, torch.tensor([0.0, 0.0, 0.0, 1.0]))
     expected = torch.tensor([0.0, 0.0, 1.0 + 0.3 * a, 0.1])
-    torch.testing.assert_close(inter["train_rewards"], expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(inter.train_rewards, expected, atol=1e-5, rtol=0)
 
     batch = method.policy_batch(full, "exploit", inter)
-    assert batch.extras["full_rows"].tolist() == [0, 1, 2]
-    assert batch.extras["shared"].tolist() == [False, False, True]
+    assert batch.per_row.source_row.tolist() == [0, 1, 2]
+    assert batch.per_row.shared.tolist() == [False, False, True]
     s = 1 / math.sqrt(3)
     torch.testing.assert_close(batch.advantages, torch.tensor([-s, -s, a]), atol=1e-5, rtol=0)
-    assert batch.extras["distill_mask"].sum(-1).tolist() == [0, 0, 4]
-    assert batch.extras["kl_mask"].sum(-1).tolist() == [4, 4, 0]  # KL on own samples only
+    assert batch.per_row.distill_mask.sum(-1).tolist() == [0, 0, 4]
+    assert batch.per_row.kl_mask.sum(-1).tolist() == [4, 4, 0]  # KL on own samples only
 
     method.cfg.response_sharing = False  # distillation alone: row 2 joins with no PG term
     batch = method.policy_batch(full, "exploit", inter)
-    assert batch.extras["shared"].tolist() == [False, False, False]
+    assert batch.per_row.shared.tolist() == [False, False, False]
     assert batch.train_mask.sum(-1).tolist() == [4, 4, 0]
     assert batch.advantages.abs().sum() == 0  # own group [0, 0] alone has no signal
-    assert batch.extras["distill_mask"].sum(-1).tolist() == [0, 0, 4]
+    assert batch.per_row.distill_mask.sum(-1).tolist() == [0, 0, 4]
 
 
 def test_distillation_term_is_coef_times_mean_nll():
@@ -254,17 +259,17 @@ def test_distillation_term_is_coef_times_mean_nll():
     method, _ = _method(["dupo.kl_coef=0", "dupo.distill_coef=0.5"])
     full = _handmade_batch()
     batch = method.policy_batch(full, "exploit", method.interactions(full))
-    batch.extras["behaviour_logp"] = torch.zeros(3, 4)
-    norms = {k: LossNormalizer.from_masks(m) for k, m in
-             [("pg", batch.train_mask), ("kl", batch.extras["kl_mask"]),
-              ("distill", batch.extras["distill_mask"])]}  # fmt: skip
+    batch.per_row.behaviour_logp = torch.zeros(3, 4)
+    rows = batch.per_row
+    norms = TermNormalizers(*(LossNormalizer.from_masks(m) for m in
+                              (batch.train_mask, rows.kl_mask, rows.distill_mask)))  # fmt: skip
     with torch.no_grad():
-        with_distill, metrics, scores, _ = method.loss("exploit", batch, norms)
+        with_distill = method.loss("exploit", batch, norms)
         method.cfg.distill_coef = 0.0
-        without, _, _, _ = method.loss("exploit", batch, norms)
-    nll = -scores.logp[2].mean()
-    assert metrics["distill_nll"] == pytest.approx(nll.item(), rel=1e-5)
-    assert (with_distill - without).item() == pytest.approx(0.5 * nll.item(), rel=1e-4)
+        without = method.loss("exploit", batch, norms)
+    nll = -with_distill.scores.logp[2].mean()
+    assert with_distill.metrics["distill_nll"] == pytest.approx(nll.item(), rel=1e-5)
+    assert (with_distill.loss - without.loss).item() == pytest.approx(0.5 * nll.item(), rel=1e-4)
 
 
 def test_gradient_sharing_adds_the_other_adapters_gradient():
@@ -275,7 +280,7 @@ def test_gradient_sharing_adds_the_other_adapters_gradient():
     gx = {k: torch.randn_like(p) for k, p in x.items()}
     for k in e:
         e[k].grad, x[k].grad = ge[k].clone(), gx[k].clone()
-    method.share_adapter_gradients("explore", "exploit", 0.25)
+    method.share_adapter_gradients(0.25)
     for k in e:
         torch.testing.assert_close(e[k].grad, ge[k] + 0.25 * gx[k])
         torch.testing.assert_close(x[k].grad, gx[k] + 0.25 * ge[k])
@@ -296,7 +301,8 @@ def test_state_dict_round_trip_restores_both_optimizers():
     fresh, _ = _method(["dupo.schedule=simultaneous"])
     fresh.load_state_dict(state)
     for p in ("explore", "exploit"):
-        a, b = method.optimizers[p].state_dict(), fresh.optimizers[p].state_dict()
+        a = method.update_engine.optimizers[p].state_dict()
+        b = fresh.update_engine.optimizers[p].state_dict()
         assert a["state"].keys() == b["state"].keys() and a["state"]
         for key in a["state"]:
             torch.testing.assert_close(a["state"][key]["exp_avg"], b["state"][key]["exp_avg"])
@@ -356,10 +362,10 @@ def test_explorer_entropy_bonus_changes_the_explorer_gradient_only():
                 if "lora_B" in name:
                     p.normal_(0, 0.1)
         batch = method.policy_batch(full, policy, method.interactions(full))
-        batch.extras["behaviour_logp"] = torch.zeros(batch.response_ids.shape)
-        norms = {k: LossNormalizer.from_masks(batch.train_mask) for k in ("pg", "kl", "distill")}
+        batch.per_row.behaviour_logp = torch.zeros(batch.response_ids.shape)
+        norms = TermNormalizers(*[LossNormalizer.from_masks(batch.train_mask)] * 3)
         activate_adapter(method.policy, policy, trainable=True)
-        method.loss(policy, batch, norms)[0].backward()
+        method.loss(policy, batch, norms).loss.backward()
         return [p.grad.clone() for p in adapter_parameters(method.policy, policy).values()]
 
     for policy, moved in (("explore", True), ("exploit", False)):

@@ -15,7 +15,6 @@ from tandemrl.cli import main
 from tandemrl.errors import ConfigError
 from tandemrl.loop import load_config
 from tandemrl.methods import RunContext, get_method_class
-from tandemrl.methods.base import score_rewards
 from tandemrl.methods.policy_split_modes import (
     DEFAULT_HIGH_ENTROPY_PROMPT,
     EntropyGuard,
@@ -38,12 +37,11 @@ def _method(overrides=(), method="policy_split", loaded=None):
 
 
 def _prepared(overrides=()):
-    """A method and the training batch of one step's rollout (no update yet)."""
+    """A method, one step's state up to its update, its rollout and its pairings."""
     method, task = _method(overrides)
     examples = list(task.train_examples())[:3]
-    full = method.rollout(0, examples)
-    score_rewards(task, examples, full)
-    return method, examples, full, method.training_batch(full)
+    state, _ = method.collect(0, examples)
+    return method, examples, state, state.pairings
 
 
 def _prompt_tokens(batch, j):
@@ -51,7 +49,8 @@ def _prompt_tokens(batch, j):
 
 
 def test_the_four_pairings():
-    method, examples, full, train = _prepared()
+    method, examples, state, train = _prepared()
+    full = state.batch
     n, tok = method.n, method.tokenizer
     assert n == 2 and len(full) == 3 * 2 * n and len(train) == 2 * len(full)
     expected = {}
@@ -65,9 +64,9 @@ def test_the_four_pairings():
     assert DEFAULT_HIGH_ENTROPY_PROMPT in tok.decode(expected[0, True])
     counts: dict[tuple[bool, bool], int] = {}
     for j in range(len(train)):
-        r = int(train.extras["row"][j])
-        prompt_high = bool(train.extras["prompt_high"][j])
-        response_high = bool(full.extras["high_entropy"][r])
+        r = int(train.per_row.row[j])
+        prompt_high = bool(train.per_row.prompt_high[j])
+        response_high = bool(full.per_row.high_entropy[r])
         counts[prompt_high, response_high] = counts.get((prompt_high, response_high), 0) + 1
         group = int(train.group_ids[j])
         assert group == full.example_index[r] == int(full.group_ids[r])
@@ -80,32 +79,45 @@ def test_the_four_pairings():
     assert counts == {(False, False): 6, (False, True): 6, (True, False): 6, (True, True): 6}
     # the sampled rows carry their mode's prompt too (generation used the right prompt)
     for r in range(len(full)):
-        high = bool(full.extras["high_entropy"][r])
+        high = bool(full.per_row.high_entropy[r])
         assert _prompt_tokens(full, r) == expected[full.example_index[r], high]
     # each half holds every response once; a group's 2n rows are contiguous
     half = len(full)
-    for part in (train.extras["row"][:half], train.extras["row"][half:]):
+    for part in (train.per_row.row[:half], train.per_row.row[half:]):
         assert sorted(part.tolist()) == list(range(half))
     assert train.group_ids[:half].tolist() == sorted(train.group_ids[:half].tolist())
 
 
-def _token_advantages(method, full, train):
-    method.begin_update(full)
-    out = []
+def _token_advantages(method, state):
+    """[2B, T] token advantages of the pairings as the update's two passes compute them, and
+    the normal pass's log-probs (in its part's row order)."""
+    train = state.pairings
+    high = train.per_row.prompt_high
+    adv = torch.zeros(train.response_ids.shape)
     with torch.no_grad():
-        for micro in train.microbatches(method.micro_size):
-            scores = score_tokens(method.policy, micro, 1.0, with_entropy=True)
-            out.append(method.micro_advantages(micro, scores))
-    return torch.cat(out)
+        normal_rows, high_rows = (~high).nonzero().squeeze(-1), high.nonzero().squeeze(-1)
+        normal_part, high_part = train.select(normal_rows), train.select(high_rows)
+        logps, advs = [], []
+        for micro in normal_part.microbatches(method.micro_size):
+            logps.append(score_tokens(method.policy, micro, 1.0).logp)
+            advs.append(method.token_advantages(micro, logps[-1], state.eta)[0])
+        adv[normal_rows] = torch.cat(advs)
+        high_part.per_row.normal_logp = torch.cat(logps)
+        advs = []
+        for micro in high_part.microbatches(method.micro_size):
+            logp = score_tokens(method.policy, micro, 1.0).logp
+            advs.append(method.token_advantages(micro, logp, state.eta)[0])
+        adv[high_rows] = torch.cat(advs)
+    return adv, high_part.per_row.normal_logp
 
 
 def test_the_clamp_silences_the_entropy_term_when_the_advantage_is_zero():
     kappa = 2.0
-    method, _, full, train = _prepared(["policy_split.eta=5.0", f"policy_split.kappa={kappa}"])
+    method, _, state, train = _prepared(["policy_split.eta=5.0", f"policy_split.kappa={kappa}"])
     train.advantages[train.group_ids == 0] = 0.0  # group 0 carries no outcome signal
-    adv = _token_advantages(method, full, train)
+    adv, _ = _token_advantages(method, state)
     mask = train.response_mask.bool()
-    high = train.extras["prompt_high"]
+    high = train.per_row.prompt_high
     a = train.advantages.unsqueeze(-1).expand_as(adv)
     zero = (train.group_ids == 0).unsqueeze(-1) & mask
     assert (adv[zero] == 0).all()
@@ -121,16 +133,15 @@ def test_the_clamp_silences_the_entropy_term_when_the_advantage_is_zero():
 
 
 def test_normal_eta_shapes_only_the_normal_mode_from_its_own_surprisal():
-    method, _, full, train = _prepared(["policy_split.eta=0", "policy_split.normal_eta=0.5"])
-    adv = _token_advantages(method, full, train)
+    method, _, state, train = _prepared(["policy_split.eta=0", "policy_split.normal_eta=0.5"])
+    adv, nlp = _token_advantages(method, state)
     mask = train.response_mask.bool()
-    high = train.extras["prompt_high"]
+    high = train.per_row.prompt_high
     a = train.advantages.unsqueeze(-1).expand_as(adv)
     hi = high.unsqueeze(-1) & mask
     assert torch.equal(adv[hi], a[hi])  # eta = 0: the high-entropy mode is plain A_i
     # the normal term uses the normal prompt's surprisal alone (alpha = 1)
     part = train.select((~high).nonzero().squeeze(-1))
-    nlp = method.scored_logp["normal"][part.extras["row"]]
     expected, _ = policy_split_token_advantages(
         part.advantages, -nlp, torch.zeros_like(nlp), part.train_mask, part.group_ids,
         alpha=1.0, eta=0.5, kappa=2.0,
@@ -144,9 +155,8 @@ def test_with_eta_zero_the_gradient_is_grpo_on_the_pooled_group():
     zero = ["policy_split.eta=0", "policy_split.normal_eta=0"]
     method, task = _method(zero, loaded=loaded)
     examples = list(task.train_examples())[:3]
-    full = method.rollout(0, examples)
-    score_rewards(task, examples, full)
-    train = method.training_batch(full)
+    state, _ = method.collect(0, examples)
+    train = state.pairings
     params = [p for p in method.policy.parameters() if p.requires_grad]
 
     def grads():
@@ -155,22 +165,19 @@ def test_with_eta_zero_the_gradient_is_grpo_on_the_pooled_group():
             p.grad = None
         return out
 
-    method.begin_update(full)
-    normalizer = LossNormalizer.from_masks(train.train_mask)
-    for micro in train.microbatches(method.micro_size):
-        method.loss(micro, normalizer)[0].backward()
+    method.backward_passes(state)  # the update without its optimizer step
     mine = grads()
     # GRPO itself, on the same model, over each mode's 2n pooled responses per prompt
     grpo, _ = _method([], method="grpo", loaded=loaded)
     assert grpo.policy is method.policy
     per_mode = []
     for high in (False, True):
-        batch = train.select((train.extras["prompt_high"] == high).nonzero().squeeze(-1))
-        batch.extras, batch.advantages, batch.loss_mask = {}, None, None
-        grpo.compute_advantages(batch)
+        batch = train.select((train.per_row.prompt_high == high).nonzero().squeeze(-1))
+        batch.per_row, batch.advantages, batch.loss_mask = None, None, None
+        grpo.advantages(grpo.State(step=0, examples=examples, batch=batch))
         norm = LossNormalizer.from_masks(batch.train_mask)
         for micro in batch.microbatches(5):
-            grpo.loss(micro, norm)[0].backward()
+            grpo.loss(micro, norm, None).loss.backward()
         per_mode.append(grads())
     assert max(g.abs().max().item() for g in mine) > 1e-4
     for g, g_normal, g_high in zip(mine, *per_mode, strict=True):

@@ -16,7 +16,6 @@ from tandemrl.errors import ConfigError
 from tandemrl.loop import load_config
 from tandemrl.loop.checkpoint import policy_adapters
 from tandemrl.methods import RunContext, get_method_class
-from tandemrl.methods.base import score_rewards
 from tandemrl.models import load_model
 from tandemrl.models.adapters import adapter_parameters
 from tandemrl.tasks import get_task
@@ -146,14 +145,10 @@ def test_the_critic_update_never_reaches_the_policy():
     """Critic loss gradients land on the critic adapter / head only (LoRA and full FT)."""
     for lora in ("true", "false"):
         method, task = _method([f"lora.enabled={lora}"])
-        examples = task.train_examples()[:2]
-        batch = method.rollout(0, examples)
-        score_rewards(task, examples, batch)
-        method.prepare(batch)
+        state, _ = method.collect(0, task.train_examples()[:2])
         method.policy.zero_grad(set_to_none=True)
-        loss, _ = method.critic_loss(batch, None)
-        loss.backward()
-        critic_ids = {id(p) for p in method.critic}
+        method.critic_loss(state.batch, None).loss.backward()
+        critic_ids = {id(p) for p in method.update_engine.groups["critic"].params}
         for name, p in method.policy.named_parameters():
             if id(p) not in critic_ids:
                 assert p.grad is None, (lora, name)
@@ -165,10 +160,8 @@ def test_the_critic_update_never_reaches_the_policy():
 
 def test_whitening_option_and_returns_from_old_values():
     method, task = _method(["ppo.kl_coef=0"])
-    examples = task.train_examples()[:2]
-    batch = method.rollout(0, examples)
-    score_rewards(task, examples, batch)
-    method.prepare(batch)
+    state, _ = method.collect(0, task.train_examples()[:2])
+    batch = state.batch
     m = batch.train_mask.float()
     adv = batch.advantages[m.bool()]
     assert adv.mean().item() == pytest.approx(0.0, abs=1e-5)
@@ -178,19 +171,20 @@ def test_whitening_option_and_returns_from_old_values():
     last = m.sum(-1).long() - 1
     assert torch.equal(token_rewards[torch.arange(len(batch)), last], batch.rewards)
     assert token_rewards.abs().sum() == pytest.approx(batch.rewards.abs().sum().item())
-    values = batch.extras["old_values"]
+    values = batch.per_row.old_values
     raw, returns = gae(token_rewards, values, m, method.cfg.gamma, method.cfg.lam)
-    torch.testing.assert_close(batch.extras["returns"], returns)
+    torch.testing.assert_close(batch.per_row.returns, returns)
     method.cfg.whiten_advantages = False
-    method.prepare(batch)
+    method.advantages(state)
     torch.testing.assert_close(batch.advantages, raw)
 
 
 def test_epochs_and_minibatches_count_updates_and_move_the_ratio():
     method, task = _method(["ppo.ppo_epochs=2", "ppo.minibatches=2", "optim.lr=1e-2"])
     metrics = method.step(0, task.train_examples()[:2])
-    assert method.optimizer.state_dict()["state"][0]["step"] == 4
-    assert method.critic_optimizer.state_dict()["state"][0]["step"] == 4
+    optimizers = method.update_engine.optimizers
+    assert optimizers["policy"].state_dict()["state"][0]["step"] == 4
+    assert optimizers["critic"].state_dict()["state"][0]["step"] == 4
     # later updates see pi != pi_old: the mean ratio over the 4 updates is not exactly 1
     assert metrics["policy/ratio_mean"] != pytest.approx(1.0, abs=1e-7)
 
@@ -225,7 +219,8 @@ def test_one_step_run_writes_metrics_checkpoint_eval_and_export(tmp_path):
     ckpt = out / "checkpoints" / "step-000001"
     assert policy_adapters(ckpt) == ["critic", "policy"]
     state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-    assert set(state["method"]) >= {"value_head", "critic_optimizer", "critic_scheduler"}
+    assert set(state["method"]) >= {"value_head", "update_engine"}
+    assert set(state["method"]["update_engine"]["optimizers"]) == {"policy", "critic"}
     assert json.loads((out / "eval.json").read_text())["after"]["n"] == 2
     assert main(["eval", f"checkpoint={ckpt}", "eval.pass_k=0", "log.progress=false"]) == 0
     assert json.loads((ckpt / "eval-policy.json").read_text())["policy"] == "policy"

@@ -105,9 +105,8 @@ def test_best_worst_pairs_from_a_hand_made_reward_batch():
 
 def test_online_step_pairs_the_best_and_worst_of_each_group():
     method, task = _method("dpo", ["rollout.max_new_tokens=12"])
-    examples = task.train_examples()[:2]
-    pairs, metrics = method.online_pairs(0, examples)
-    full = method.last_rollout
+    state, metrics = method.collect(0, task.train_examples()[:2])
+    pairs, full = state.pairs, state.batch
     used = 2 - int(metrics["pairs/skipped"])
     assert used >= 1 and len(pairs) == 2 * used
     for k in range(used):

@@ -111,11 +111,8 @@ def test_microbatching_gives_the_same_gradient():
     method, task = _method(
         ["task=toy_letters", "rollout.prompts_per_step=2", "rollout.group_size=4"]
     )
-    batch = method.rollout(0, list(task.train_examples())[:2])
-    from tandemrl.methods.base import score_rewards
-
-    score_rewards(task, list(task.train_examples())[:2], batch)
-    method.compute_advantages(batch)
+    state, _ = method.collect(0, list(task.train_examples())[:2])
+    batch = state.batch
     assert batch.advantages.abs().sum() > 0
     normalizer = LossNormalizer.from_masks(batch.train_mask)
 
@@ -123,7 +120,7 @@ def test_microbatching_gives_the_same_gradient():
         method.policy.zero_grad()
         total = 0.0
         for micro in batch.microbatches(micro_size):
-            loss, _ = method.loss(micro, normalizer)
+            loss = method.loss(micro, normalizer, state).loss
             loss.backward()
             total += loss.item()
         return total, [p.grad.clone() for p in method.policy.parameters() if p.grad is not None]
@@ -163,22 +160,17 @@ def test_kl_starts_at_zero_and_grows_after_an_update(lora, kl_in, estimator):
 
 def _grpo_batch_ready_for_the_loss():
     """A GRPO method on toy_letters and one rolled-out, rewarded batch with advantages."""
-    from tandemrl.methods.base import score_rewards
-
     method, task = _method(["task=toy_letters", "rollout.prompts_per_step=2"])
-    examples = list(task.train_examples())[:2]
-    batch = method.rollout(0, examples)
-    score_rewards(task, examples, batch)
-    method.compute_advantages(batch)
-    return method, batch, LossNormalizer.from_masks(batch.train_mask)
+    state, _ = method.collect(0, list(task.train_examples())[:2])
+    return method, state, LossNormalizer.from_masks(state.batch.train_mask)
 
 
 def test_entropy_bonus_enters_the_loss_with_its_coefficient():
-    method, batch, normalizer = _grpo_batch_ready_for_the_loss()
-    plain, metrics = method.loss(batch, normalizer)
+    method, state, normalizer = _grpo_batch_ready_for_the_loss()
+    plain = method.loss(state.batch, normalizer, state)
     method.cfg.entropy_coef = 0.05
-    with_bonus, _ = method.loss(batch, normalizer)
-    expected = plain.item() - 0.05 * metrics["entropy/mean"]
+    with_bonus = method.loss(state.batch, normalizer, state).loss
+    expected = plain.loss.item() - 0.05 * plain.metrics["entropy/mean"]
     assert with_bonus.item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
 
 
@@ -188,7 +180,8 @@ def test_entropy_bonus_moves_the_gradient_by_its_own_gradient():
     from tandemrl.algos import aggregate
     from tandemrl.rollout import score_tokens
 
-    method, batch, normalizer = _grpo_batch_ready_for_the_loss()
+    method, state, normalizer = _grpo_batch_ready_for_the_loss()
+    batch = state.batch
     params = [p for p in method.policy.parameters() if p.requires_grad]
 
     def grads(loss):
@@ -196,9 +189,9 @@ def test_entropy_bonus_moves_the_gradient_by_its_own_gradient():
         loss.backward()
         return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
 
-    plain = grads(method.loss(batch, normalizer)[0])
+    plain = grads(method.loss(batch, normalizer, state).loss)
     method.cfg.entropy_coef = 0.5
-    with_bonus = grads(method.loss(batch, normalizer)[0])
+    with_bonus = grads(method.loss(batch, normalizer, state).loss)
     entropy = score_tokens(method.policy, batch, method.sampling.temperature, entropy_grad=True)
     bonus_only = grads(
         -0.5 * aggregate(entropy.entropy, batch.response_mask, method.cfg.aggregation, normalizer)
@@ -212,14 +205,14 @@ def test_interrupt_keeps_the_finished_steps(tmp_path, monkeypatch, capsys):
     """Ctrl-C during step 2 saves step 1's checkpoint and exits 130 with a hint."""
     from tandemrl.methods.grpo import GRPO
 
-    real_step = GRPO.step
+    real_rollout = GRPO.rollout
 
-    def step_then_interrupt(self, step, examples):
+    def interrupt_step_two(self, step, examples):
         if step == 1:
             raise KeyboardInterrupt
-        return real_step(self, step, examples)
+        return real_rollout(self, step, examples)
 
-    monkeypatch.setattr(GRPO, "step", step_then_interrupt)
+    monkeypatch.setattr(GRPO, "rollout", interrupt_step_two)
     out = tmp_path / "run"
     code = main(
         [

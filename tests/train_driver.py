@@ -17,13 +17,13 @@ from tandemrl.methods.grpo import GRPO
 if __name__ == "__main__":
     pause = float(os.environ.get("TANDEM_TEST_STEP_SLEEP", "0"))
     if pause:
-        real_step = GRPO.step
+        real_finish = GRPO.finish
 
-        def slow_step(self, step, examples):
-            out = real_step(self, step, examples)
-            if step >= 1:
+        def slow_finish(self, state):
+            out = real_finish(self, state)
+            if state.step >= 1:
                 time.sleep(pause)
             return out
 
-        GRPO.step = slow_step
+        GRPO.finish = slow_finish
     sys.exit(main(["train", *sys.argv[1:]]))

@@ -1,284 +1,259 @@
-"""What every method shares: the run context, the policy/optimizer set-up, reward scoring and
-the microbatched gradient update with an explicit global loss normaliser."""
+"""The step skeleton every method fills, and what it builds for them.
+
+One training step, for every method:
+
+    rollout   -> sample responses to the step's prompts            time/generate_s
+    score     -> reward functions, reward metrics                  time/reward_s
+    prepare   -> old and reference log-probs, values               time/logprob_s
+    advantages-> the training signal (advantages, pairs)           time/advantage_s
+    update    -> optimizer updates through the update engine       time/update_s
+    finish    -> metrics that need the whole step (per policy...)
+
+`Method.step` runs them in that order and times each; a method overrides hooks, never `step`
+(`__init_subclass__` refuses a class that does). The hooks hand one typed object along: a
+`StepState` (or the method's subclass of it, named in `State`) holding the `RolloutBatch`
+and whatever else the method computes. Each hook returns the metrics it adds.
+
+Every method gets: `self.policy` (`build_policy`), `self.rollout_engine` (the one way to
+sample: `sample`), `self.update_engine` (its `param_groups`, one optimizer and schedule each)
+and the `state_dict` hooks a checkpoint stores.
+"""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-import torch
 from torch import nn
 
-from tandemrl.algos import ADVANTAGES, AGGREGATIONS, POLICY_LOSSES, LossNormalizer
+from tandemrl.methods.rewards import reward_metrics, score_rewards
 from tandemrl.models import LoadedModel, apply_lora
-from tandemrl.models.memory import release_freed_memory
-from tandemrl.rollout import RolloutBatch, SamplingConfig, generate
+from tandemrl.rollout import HFEngine, RolloutBatch, SamplingConfig, TokenScores, score_batch
 from tandemrl.runtime import distributed as dist
-from tandemrl.runtime.signals import commit
+from tandemrl.runtime.config import TrainConfig
+from tandemrl.runtime.update import ParamGroup, UpdateEngine
 from tandemrl.tasks import Example, Task
-from tandemrl.tasks.rewards import run_reward
+
+Messages = list[dict[str, str]]
+HOOKS = ("rollout", "score", "prepare", "advantages", "update", "finish")
 
 
 @dataclass
 class RunContext:
     """Everything a method needs from the run, built once by the trainer."""
 
-    config: Any  # TrainConfig (typed loosely to avoid an import cycle)
+    config: TrainConfig
     loaded: LoadedModel
     task: Task
-    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepState:
+    """One step's data as it passes from hook to hook. A method that carries more declares a
+    subclass with its own typed fields (defaults for what later hooks fill) as `State`."""
+
+    step: int
+    examples: list[Example]
+    batch: RolloutBatch
+
+
+class PhaseTimer:
+    """`with timer("update"): ...` adds the block's wall time to `time/update_s`."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            key = f"time/{phase}_s"
+            self.metrics[key] = self.metrics.get(key, 0.0) + time.perf_counter() - start
 
 
 class Method:
-    """One training method. Subclasses implement `step` and declare `Config`."""
+    """One training method: a `Config` dataclass (its config section), a `State` dataclass,
+    and the hooks of the step skeleton (module docstring)."""
 
     name: ClassVar[str] = "method"
+    State: ClassVar[type[StepState]] = StepState
+    # The adapter `tandem eval` / `tandem export` serve from a multi-adapter checkpoint.
+    default_policy: ClassVar[str | None] = None
+    # Prompt modes `tandem eval mode=...` offers (with `eval_prompt_transform`).
+    eval_modes: ClassVar[tuple[str, ...]] = ()
 
     @dataclass
     class Config:
         pass
 
-    def __init__(self, run: RunContext):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "step" in cls.__dict__:
+            raise TypeError(
+                f"{cls.__name__} overrides Method.step; fill its hooks instead "
+                f"({', '.join(HOOKS)}), so every method shares one timed skeleton"
+            )
+
+    def __init__(self, run: RunContext) -> None:
         self.run = run
+        self.config = run.config
         self.cfg = run.config.method_config
         self.tokenizer = run.loaded.tokenizer
-        self.policy = self.build_policy(run.loaded)
-        self.optimizer = build_optimizer(self.policy, run.config.optim)
-        self.scheduler = build_scheduler(self.optimizer, run.config.optim, run.config.steps)
         r = run.config.rollout
         self.sampling = SamplingConfig(r.max_new_tokens, r.temperature, r.top_p)
+        self.rollout_engine = HFEngine(self.tokenizer, r.generation_batch_size)
+        self.policy = self.build_policy(run.loaded)
+        self.setup()
+        self.update_engine = UpdateEngine(self.param_groups(), run.config.optim)
+        # The last step's state, kept for inspection (tests, notebooks); not checkpointed.
+        self.last_state: StepState | None = None
 
     @classmethod
-    def check_config(cls, config: Any) -> None:
+    def check_config(cls, config: TrainConfig) -> None:
         """Validate the method's section up front (resolve registry names, check ranges)."""
 
-    # -- set-up ---------------------------------------------------------------------------
+    # -- set-up hooks -----------------------------------------------------------------------
     def build_policy(self, loaded: LoadedModel) -> nn.Module:
         """LoRA on pretrained models (`lora.enabled=auto`), full fine-tune on `tiny`."""
-        lora = self.run.config.lora
-        use_lora = loaded.pretrained if lora.enabled == "auto" else bool(lora.enabled)
-        if use_lora:
-            return apply_lora(loaded.model, lora)
+        if self.uses_lora_config():
+            return apply_lora(loaded.model, self.config.lora)
         loaded.model.requires_grad_(True)
         return loaded.model
+
+    def uses_lora_config(self) -> bool:
+        lora = self.config.lora
+        return self.run.loaded.pretrained if lora.enabled == "auto" else bool(lora.enabled)
 
     def uses_lora(self) -> bool:
         return hasattr(self.policy, "peft_config")
 
-    # -- the step -------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Build what the method needs besides the policy (a reference, a critic, queues);
+        runs before `param_groups`."""
+
+    def updates_per_step(self) -> int:
+        """Optimizer updates a step makes (the schedule counts updates, not steps)."""
+        return 1
+
+    def param_groups(self) -> list[ParamGroup]:
+        """What the update engine optimises: by default one group, "policy", of every
+        trainable parameter of the policy at `optim.lr`."""
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        total = self.config.steps * self.updates_per_step()
+        return [ParamGroup("policy", params, self.config.optim.lr, total)]
+
+    # -- the step ---------------------------------------------------------------------------
     def step(self, step: int, examples: list[Example]) -> dict[str, float]:
-        raise NotImplementedError
+        """One training step on `examples` (the skeleton in the module docstring)."""
+        timer = PhaseTimer()
+        state, metrics = self.collect(step, examples, timer)
+        with timer("update"):
+            self.policy.train()
+            try:
+                metrics.update(self.update(state))
+            finally:
+                self.policy.eval()
+        metrics.update(self.finish(state))
+        metrics.update(timer.metrics)
+        self.last_state = state
+        return metrics
+
+    def collect(
+        self, step: int, examples: list[Example], timer: PhaseTimer | None = None
+    ) -> tuple[StepState, dict[str, float]]:
+        """The step up to its update (rollout, score, prepare, advantages): the state the
+        update would train on, and the metrics so far. `step` runs this, then `update` and
+        `finish`; alone, it shows what a step would do without changing any weight."""
+        timer = timer or PhaseTimer()
+        metrics: dict[str, float] = {}
+        self.policy.eval()
+        with timer("generate"):
+            batch = self.rollout(step, examples)
+        state = self.State(step=step, examples=examples, batch=batch)
+        with timer("reward"):
+            metrics.update(self.score(state))
+        with timer("logprob"):
+            metrics.update(self.prepare(state))
+        with timer("advantage"):
+            metrics.update(self.advantages(state))
+        return state, metrics
+
+    def rollout(self, step: int, examples: list[Example]) -> RolloutBatch:
+        """`rollout.group_size` samples per prompt from the policy."""
+        group = self.config.rollout.group_size
+        return self.sample(step, [ex.messages for ex in examples], group)
+
+    def score(self, state: StepState) -> dict[str, float]:
+        """The task's reward functions on the batch (`methods.rewards.score_rewards`)."""
+        score_rewards(self.run.task, state.examples, state.batch)
+        return reward_metrics(state.batch)
+
+    def prepare(self, state: StepState) -> dict[str, float]:
+        """Old and reference log-probs, values: what the update needs from before it."""
+        return {}
+
+    def advantages(self, state: StepState) -> dict[str, float]:
+        """Turn rewards into the training signal (advantages and the loss mask)."""
+        return {}
+
+    def update(self, state: StepState) -> dict[str, float]:
+        """The optimizer update(s), through `self.update_engine`."""
+        raise NotImplementedError(f"{type(self).__name__} must define update()")
+
+    def finish(self, state: StepState) -> dict[str, float]:
+        """Metrics of the finished step (after the update)."""
+        return {}
+
+    # -- pieces the hooks use ---------------------------------------------------------------
+    def rollout_seed(self, step: int) -> int:
+        """Seed of step `step`'s sampling: fixed by (seed, step) so a resumed run draws what
+        the uninterrupted run drew; offset per rank so ranks draw independent streams."""
+        return self.config.seed * 1_000_003 + step + dist.rank() * 7_919_000_003
+
+    def sample(
+        self,
+        step: int,
+        prompts: list[Messages],
+        num_samples: int,
+        adapter_names: list[str] | None = None,
+    ) -> RolloutBatch:
+        """The one way a method generates: `num_samples` responses per prompt from the policy
+        through the rollout engine, seeded by `rollout_seed(step)`."""
+        return self.rollout_engine.generate(
+            self.policy,
+            prompts,
+            num_samples,
+            self.sampling,
+            seed=self.rollout_seed(step),
+            adapter_names=adapter_names,
+        )
+
+    def score_no_grad(self, batch: RolloutBatch, with_entropy: bool = False) -> TokenScores:
+        """The policy's log-probs (and entropies) of `batch` without gradient, at the
+        sampling temperature, in microbatches of `optim.micro_batch_size`."""
+        mb = self.config.optim.micro_batch_size
+        return score_batch(self.policy, batch, self.sampling.temperature, mb, with_entropy)
 
     def eval_policy(self) -> nn.Module:
         """The model that `tandem eval` and before/after evaluation should sample from."""
         return self.policy
 
-    def rollout_seed(self, step: int) -> int:
-        """Seed of step `step`'s sampling: fixed by (seed, step) so a resumed run draws what
-        the uninterrupted run drew; offset per rank so ranks draw independent streams."""
-        return self.run.config.seed * 1_000_003 + step + dist.rank() * 7_919_000_003
-
-    def rollout(self, step: int, examples: list[Example]) -> RolloutBatch:
-        """`rollout.group_size` samples per prompt from the policy, seeded by `rollout_seed`."""
-        rc = self.run.config
-        return generate(
-            self.policy,
-            self.tokenizer,
-            [ex.messages for ex in examples],
-            rc.rollout.group_size,
-            self.sampling,
-            seed=self.rollout_seed(step),
-            batch_size=rc.rollout.generation_batch_size,
-        )
-
-    # -- checkpointing --------------------------------------------------------------------
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in self.policy.named_parameters() if p.requires_grad}
-
+    # -- checkpointing ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything besides the policy weights that a resumed run needs to continue exactly.
 
         The hook every method extends: override, call `super().state_dict()` and add your own
-        keys (queues, histories, controllers, extra optimizers; anything `torch.save` takes);
-        `load_state_dict` receives the same dict back. The trainer saves it in each checkpoint
-        with the weights, the RNG states and the data position.
+        keys (queues, histories, controllers; anything `torch.save` takes); `load_state_dict`
+        receives the same dict back. The trainer saves it in each checkpoint with the weights,
+        the RNG states and the data position.
         """
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-        }
+        return {"update_engine": self.update_engine.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict` returned (after the policy weights are loaded)."""
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-
-
-@dataclass
-class ClippedObjective:
-    """Settings of the clipped surrogate every policy-gradient method optimises (PPO, GRPO and
-    the methods built on them); a method's config subclasses it and adds its own fields."""
-
-    loss: str = "clipped"  # a POLICY_LOSSES name
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    aggregation: str = "token-mean"  # an AGGREGATIONS name
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
-
-    def check(self) -> None:
-        """Raise the registry's error (listing the valid names) for an unknown loss or
-        aggregation."""
-        POLICY_LOSSES.get(self.loss)
-        AGGREGATIONS.get(self.aggregation)
-
-
-@dataclass
-class GroupObjective(ClippedObjective):
-    """`ClippedObjective` plus a group-relative advantage estimator (GRPO and its kin)."""
-
-    advantage: str = "grpo"  # an ADVANTAGES name
-    advantage_options: dict[str, Any] = field(default_factory=lambda: {"std_mode": "group"})
-
-    def check(self) -> None:
-        super().check()
-        ADVANTAGES.get(self.advantage)
-
-
-def build_optimizer(model: nn.Module, optim: Any) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the policy has no trainable parameters (check lora settings)")
-    return torch.optim.AdamW(
-        params, lr=optim.lr, betas=(optim.beta1, optim.beta2), weight_decay=optim.weight_decay
-    )
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, optim: Any, total_steps: int):
-    warmup = max(0, optim.warmup_steps)
-
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if optim.schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        if optim.schedule == "linear":
-            return 1.0 - progress
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def score_rewards(task: Task, examples: list[Example], batch: RolloutBatch) -> None:
-    """Run the task's named reward functions; fill `reward_matrix` [B, K] and `rewards` [B].
-
-    Each function runs through `run_reward`: a row on which it raises abstains and is counted
-    in `batch.extras["reward_errors"][name]` (logged as `reward/<name>/errors`), so a buggy
-    reward costs rows, not the run; a wrong-length or non-numeric result raises
-    `RewardFunctionError`. None (abstain) becomes NaN. The combined reward is the weighted sum
-    over the rewards that did not abstain; a response on which every reward abstained gets NaN.
-    """
-    rows = [examples[i] for i in batch.example_index]
-    prompts = [ex.messages for ex in rows]
-    row_ids = [ex.id for ex in rows]
-    column_names = sorted({k for ex in rows for k in ex.columns})
-    columns = {k: [ex.columns.get(k) for ex in rows] for k in column_names}
-    values = []
-    errors: dict[str, int] = {}
-    for spec in task.rewards:
-        outcome = run_reward(spec, prompts, batch.completions, columns, row_ids)
-        values.append([math.nan if v is None else v for v in outcome.values])
-        errors[spec.name] = outcome.errors
-    matrix = torch.tensor(values, dtype=torch.float32).T.reshape(len(batch), len(task.rewards))
-    weights = torch.tensor([spec.weight for spec in task.rewards], dtype=torch.float32)
-    present = ~torch.isnan(matrix)
-    combined = (torch.nan_to_num(matrix) * weights).sum(-1)
-    combined[~present.any(-1)] = math.nan
-    batch.reward_matrix = matrix
-    batch.rewards = combined
-    batch.reward_names = [spec.name for spec in task.rewards]
-    batch.extras["reward_errors"] = errors
-
-
-def reward_metrics(batch: RolloutBatch, prefix: str = "") -> dict[str, float]:
-    """`reward/mean`, `reward/std`, per named reward `reward/<name>/mean` and `.../errors`."""
-    out: dict[str, float] = {}
-    r = batch.rewards[~torch.isnan(batch.rewards)]
-    out[f"{prefix}reward/mean"] = r.mean().item() if r.numel() else math.nan
-    out[f"{prefix}reward/std"] = r.std(unbiased=False).item() if r.numel() else math.nan
-    errors = batch.extras.get("reward_errors", {})
-    for k, name in enumerate(batch.reward_names):
-        col = batch.reward_matrix[:, k]
-        col = col[~torch.isnan(col)]
-        out[f"{prefix}reward/{name}/mean"] = col.mean().item() if col.numel() else math.nan
-        out[f"{prefix}reward/{name}/errors"] = float(errors.get(name, 0))
-    out[f"{prefix}response/length_mean"] = batch.response_lengths.float().mean().item()
-    out[f"{prefix}response/truncated_frac"] = batch.truncated.float().mean().item()
-    return out
-
-
-def phase_times(t0: float, t1: float, t2: float, t3: float, t4: float) -> dict[str, float]:
-    """A step's `time/<phase>_s` metrics from the perf_counter readings at its phase boundaries:
-    generate [t0, t1), reward [t1, t2), log-probs [t2, t3), update [t3, t4)."""
-    return {
-        "time/generate_s": t1 - t0,
-        "time/reward_s": t2 - t1,
-        "time/logprob_s": t3 - t2,
-        "time/update_s": t4 - t3,
-    }
-
-
-LossFn = Callable[[RolloutBatch, LossNormalizer], tuple[torch.Tensor, dict[str, float]]]
-
-
-def accumulate_and_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    batch: RolloutBatch,
-    loss_fn: LossFn,
-    micro_batch_size: int,
-    max_grad_norm: float,
-) -> dict[str, float]:
-    """One optimizer update over `batch`, `micro_batch_size` sequences per backward.
-
-    The normaliser is computed once over the whole batch and handed to every microbatch, so
-    the summed microbatch losses equal the full-batch loss exactly (`token-mean` divides by
-    the batch's total token count, not each microbatch's). Under torch.distributed the counts
-    are summed over ranks and the gradients all-reduced with SUM before clipping (see
-    `tandemrl.runtime.distributed`): the update equals one process's on the global batch, and
-    `loss` is this rank's share of it. A non-finite loss or gradient on any rank skips the
-    update on every rank (`update_skipped` = 1; the schedule still advances).
-    """
-    normalizer = dist.global_normalizer(batch.train_mask)
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
-    totals: dict[str, float] = {}
-    weights: float = 0.0
-    loss_sum = 0.0
-    for micro in batch.microbatches(micro_batch_size):
-        loss, metrics = loss_fn(micro, normalizer)
-        loss.backward()
-        release_freed_memory()
-        loss_sum += loss.item()
-        share = float(micro.train_mask.sum())
-        weights += share
-        for key, value in metrics.items():
-            totals[key] = totals.get(key, 0.0) + value * share
-    params = [p for p in model.parameters() if p.requires_grad]
-    dist.all_reduce_gradients(params)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    out = {k: v / max(weights, 1.0) for k, v in totals.items()}
-    out["loss"] = loss_sum
-    out["grad_norm"] = grad_norm.item()
-    skip = not torch.isfinite(grad_norm) or dist.any_rank(not math.isfinite(loss_sum))
-    with commit():  # a Ctrl-C here waits: optimizer and schedule move together or not at all
-        if not skip:
-            optimizer.step()
-        scheduler.step()
-    out["update_skipped"] = float(skip)
-    optimizer.zero_grad(set_to_none=True)
-    out["lr"] = scheduler.get_last_lr()[0]
-    return out
+        self.update_engine.load_state_dict(state["update_engine"])

@@ -1,11 +1,13 @@
-"""DiPO: disentangled perplexity policy optimisation (arXiv 2604.13902; METHODS.md §3, a
-reconstruction: the primary text was not available, the choices below are documented).
+"""DiPO: disentangled perplexity policy optimisation (arXiv 2604.13902; a
+reconstruction: the primary text was not available, the choices below are documented in
+docs/dipo.md).
 
 GRPO (or DAPO with `dipo.dynamic_sampling=true`, `clip_high=0.28`) plus a second term that
 recovers a signal from the groups GRPO learns nothing from (every answer right, or every
 answer wrong). One step:
-  1. rollout and rewards as in GRPO; sequence perplexity p_i = exp(mean token NLL) of every
-     response under the current policy (a no-grad forward; reused from `old_logp` if present);
+  1. rollout and rewards as in GRPO; in `prepare`, sequence perplexity p_i = exp(mean token
+     NLL) of every response under the current policy (a no-grad forward; reused from
+     `old_logp` if present);
   2. push (p_i, 1[r_i >= success]) into a queue of the last `queue_batches` (2) batches, this
      one included, and learn tau* = argmin_tau mean |c_i - 1[p_i < tau]| over the queue.
      tau* is valid only if the low-perplexity side is mostly right and the high side mostly
@@ -37,8 +39,6 @@ from typing import Any, Literal
 import torch
 
 from tandemrl.algos import (
-    ADVANTAGES,
-    POLICY_LOSSES,
     LossNormalizer,
     PerplexityQueue,
     dipo_reallocate,
@@ -47,9 +47,11 @@ from tandemrl.algos import (
 from tandemrl.algos._groups import group_index, group_stats
 from tandemrl.errors import ConfigError
 from tandemrl.methods import register_method
+from tandemrl.methods.base import StepState
 from tandemrl.methods.grpo import GRPO, GRPOConfig
-from tandemrl.rollout import RolloutBatch, score_tokens
+from tandemrl.rollout import RolloutBatch
 from tandemrl.runtime import distributed as dist
+from tandemrl.runtime.update import LossOutput
 
 
 @dataclass
@@ -62,9 +64,25 @@ class DiPOConfig(GRPOConfig):
     exploit_value: float = 0.0  # R_r of the top-perplexity response of an all-right group
 
 
+@dataclass
+class DiPORows:
+    """Per row: the reallocated-reward advantage A_r and the main term's own loss mask."""
+
+    realloc_advantages: torch.Tensor  # [B]
+    main_mask: torch.Tensor  # [B, T]
+
+
+@dataclass
+class DiPOStep(StepState):
+    perplexity: torch.Tensor | None = None  # [B] p_i under the pre-update policy
+    main_normalizer: LossNormalizer | None = None
+    realloc_normalizer: LossNormalizer | None = None
+
+
 @register_method("dipo")
 class DiPO(GRPO):
     Config = DiPOConfig
+    State = DiPOStep
 
     @classmethod
     def check_config(cls, config) -> None:
@@ -77,30 +95,23 @@ class DiPO(GRPO):
         if config.rollout.group_size < 2:
             raise ConfigError("dipo reallocates within groups: rollout.group_size must be >= 2")
 
-    def __init__(self, run):
-        super().__init__(run)
+    def setup(self) -> None:
+        super().setup()
         self.queue = PerplexityQueue(self.cfg.queue_batches)
         self.used_total = 0
-        self._norms: tuple[LossNormalizer, LossNormalizer] | None = None
-        self._last_reason = "ok"
+        self._last_reason = "ok"  # the threshold's validity, to report only its changes
 
-    @torch.no_grad()
-    def perplexity(self, batch: RolloutBatch) -> torch.Tensor:
-        logp = batch.old_logp
-        if logp is None:
-            was_training = self.policy.training
-            self.policy.eval()
-            mb = self.run.config.optim.micro_batch_size
-            t = self.sampling.temperature
-            logp = torch.cat([score_tokens(self.policy, m, t).logp for m in batch.microbatches(mb)])
-            self.policy.train(was_training)
-        return sequence_perplexity(logp, batch.response_mask)
+    def prepare(self, state: DiPOStep) -> dict[str, float]:
+        metrics = super().prepare(state)
+        batch = state.batch
+        logp = batch.old_logp if batch.old_logp is not None else self.score_no_grad(batch).logp
+        state.perplexity = sequence_perplexity(logp, batch.response_mask)
+        return metrics
 
-    def compute_advantages(self, batch: RolloutBatch) -> dict[str, float]:
-        cfg = self.cfg
-        metrics = super().compute_advantages(batch)  # main term: A, and the kept rows' mask
+    def advantages(self, state: DiPOStep) -> dict[str, float]:
+        cfg, batch, ppl = self.cfg, state.batch, state.perplexity
+        metrics = super().advantages(state)  # main term: A, and the kept rows' mask
         main_mask = batch.train_mask
-        ppl = self.perplexity(batch)
         hit = (batch.rewards >= cfg.success).float()
         correct = torch.where(torch.isnan(batch.rewards), batch.rewards, hit)
         # One threshold for the global batch: every rank pushes every rank's pairs.
@@ -118,14 +129,13 @@ class DiPO(GRPO):
             correct_value=cfg.explore_value,
             wrong_value=cfg.exploit_value,
         )
-        estimator = ADVANTAGES.get(cfg.advantage)
-        realloc_adv = estimator(realloc, batch.group_ids, **cfg.advantage_options).advantages
+        realloc_adv = cfg.group_advantages(realloc, batch.group_ids).advantages
         answered = ~torch.isnan(batch.rewards)
         realloc_mask = batch.response_mask * answered.unsqueeze(-1).to(main_mask.dtype)
-        batch.extras["dipo_advantages"] = realloc_adv
-        batch.extras["dipo_main_mask"] = main_mask
+        batch.per_row = DiPORows(realloc_adv, main_mask)
         batch.loss_mask = torch.maximum(main_mask, realloc_mask)
-        self._norms = (dist.global_normalizer(main_mask), dist.global_normalizer(realloc_mask))
+        state.main_normalizer = dist.global_normalizer(main_mask)
+        state.realloc_normalizer = dist.global_normalizer(realloc_mask)
 
         used = int(realloc_metrics["dipo/explore_groups"] + realloc_metrics["dipo/exploit_groups"])
         self.used_total += used
@@ -142,34 +152,29 @@ class DiPO(GRPO):
         if not thr.valid:
             metrics["dipo/invalid_reason"] = thr.reason
         if thr.reason != self._last_reason:  # say it when validity changes, not every step
-            state = "valid" if thr.valid else f"invalid ({thr.reason}): no reallocation"
-            print(f"tandem: dipo threshold {state}", file=sys.stderr, flush=True)
+            status = "valid" if thr.valid else f"invalid ({thr.reason}): no reallocation"
+            print(f"tandem: dipo threshold {status}", file=sys.stderr, flush=True)
             self._last_reason = thr.reason
         return metrics
 
-    def loss(self, micro: RolloutBatch, normalizer: LossNormalizer):
-        cfg = self.cfg
-        main_norm, realloc_norm = self._norms or (normalizer, normalizer)
+    def loss(self, micro: RolloutBatch, normalizer: LossNormalizer, state: DiPOStep) -> LossOutput:
+        cfg, rows = self.cfg, micro.per_row
         scores = self.score_for_loss(micro)
         # The main term sees exactly GRPO's rows and normaliser (dynamic sampling included).
-        main = dataclasses.replace(micro, loss_mask=micro.extras.get("dipo_main_mask"))
-        total, metrics = self.loss_from_scores(main, scores, main_norm)
-        realloc_adv = micro.extras.get("dipo_advantages")
-        if cfg.alpha and realloc_adv is not None:
+        main = dataclasses.replace(micro, loss_mask=rows.main_mask)
+        out = self.loss_from_scores(main, scores, state.main_normalizer)
+        if cfg.alpha:
             old_logp = micro.old_logp if micro.old_logp is not None else scores.logp.detach()
-            term = POLICY_LOSSES.get(cfg.loss)(
+            term = cfg.policy_loss(
                 scores.logp,
                 old_logp,
-                realloc_adv,
+                rows.realloc_advantages,
                 micro.train_mask,
-                clip_low=cfg.clip_low,
-                clip_high=cfg.clip_high,
-                aggregation=cfg.aggregation,
-                normalizer=realloc_norm,
+                state.realloc_normalizer,
             )
-            total = total + cfg.alpha * term.loss
-            metrics["dipo/realloc_loss"] = term.loss.item()
-        return total, metrics
+            out.loss = out.loss + cfg.alpha * term.loss
+            out.metrics["dipo/realloc_loss"] = term.loss.item()
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {

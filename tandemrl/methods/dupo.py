@@ -1,12 +1,13 @@
-"""DuPO: dual-policy optimisation (seed 000, METHODS.md §1). Two LoRA adapters, `explore` and
+"""Dual-policy DuPO (docs/dupo.md; not the duality reward, tasks/duality_reward.py). Two LoRA adapters, `explore` and
 `exploit`, on one frozen base; the KL reference is that base with adapters off. `exploit` is
 the policy that is served (eval, `tandem eval`, export); `explore` looks for new strategies.
 
 One step, for N prompts (the same prompts for both policies: one input space):
-  1. one batched decode samples G responses per prompt, G_E from `explore` and G_X = G - G_E
-     from `exploit` (one base forward, per-row adapters): as many samples as GRPO's G;
-  2. task rewards r for all; reference log-probs (adapters off) when kl_coef > 0;
-  3. training rewards (each term switchable; cross_* use the GRPO advantage A over a group):
+  1. (rollout) one batched decode samples G responses per prompt, G_E from `explore` and
+     G_X = G - G_E from `exploit` (one base forward, per-row adapters): GRPO's G samples;
+  2. (score, prepare) task rewards r for all; reference log-probs (adapters off) when
+     kl_coef > 0;
+  3. (advantages) training rewards (each term switchable; cross_* use the GRPO advantage A over a group):
        explorer  R_E = r + diversity_coef * novelty + cross_reward_weight * c_E
        exploiter R_X = r + cross_reward_weight * c_X
      novelty_j = 1 - max_{k in exploiter's responses to the prompt} Jaccard(n-grams_j, _k);
@@ -20,7 +21,7 @@ One step, for N prompts (the same prompts for both policies: one input space):
   5. distillation: distill_coef * mean NLL of the exploiter on the tokens of S_E;
   6. losses: clipped surrogate (token-level A·w) + kl_coef * k3 KL to the base on each
      policy's own samples (+ optional entropy bonus for the explorer);
-  7. schedule: `alternating` updates one policy per `alternating_interval` steps (explore
+  7. (update) schedule: `alternating` updates one policy per `alternating_interval` steps (explore
      first), `simultaneous` both; gradient sharing (simultaneous only: alternating freezes the
      other policy) g'_E = g_E + lam g_X, g'_X = g_X + lam g_E on identically initialised
      adapters; adaptive weighting scales the lr of the policy whose task reward rises faster.
@@ -35,38 +36,37 @@ from __future__ import annotations
 
 import math
 import sys
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from tandemrl.algos import (
     ADVANTAGES,
+    LossNormalizer,
     adaptive_lr_scale,
+    aggregate,
     cross_policy_reward,
+    entropy_bonus,
     ngram_novelty,
     reward_progress,
     share_candidates,
+    share_gradients,
+    truncated_importance_weights,
 )
 from tandemrl.errors import ConfigError
 from tandemrl.methods import register_method
-from tandemrl.methods.base import (
-    GroupObjective,
-    Method,
-    build_scheduler,
-    phase_times,
-    score_rewards,
-)
-from tandemrl.methods.dupo_metrics import step_metrics, write_plot
-from tandemrl.methods.dupo_update import DualAdapterUpdates
+from tandemrl.methods.base import Method, StepState
+from tandemrl.methods.dupo_metrics import Interactions, step_metrics, write_plot
+from tandemrl.methods.objective import GroupObjective
+from tandemrl.methods.reference import ReferencePolicy
 from tandemrl.models import LoadedModel
 from tandemrl.models.adapters import activate_adapter, adapter_parameters, apply_lora_adapters
-from tandemrl.rollout import RolloutBatch, generate
+from tandemrl.rollout import RolloutBatch, TokenScores, score_batch, score_tokens
 from tandemrl.runtime import distributed as dist
 from tandemrl.runtime.signals import commit
-from tandemrl.tasks import Example
+from tandemrl.runtime.update import LossOutput, ParamGroup
 
 EXPLORE, EXPLOIT = "explore", "exploit"
 POLICIES = (EXPLORE, EXPLOIT)
@@ -99,10 +99,50 @@ class DuPOConfig(GroupObjective):
     plot: bool = True  # <output_dir>/dupo_policies.png after the last step
 
 
+@dataclass
+class SampledBy:
+    """Per row of the rollout: which policy sampled it."""
+
+    explore: torch.Tensor  # [B] bool
+
+
+@dataclass
+class PolicyRows:
+    """Per row of one policy's training batch (its own samples and the shared ones)."""
+
+    own: torch.Tensor  # [b] the policy's own sample
+    shared: torch.Tensor  # [b] the other policy's sample, in this policy's group and loss
+    kl_mask: torch.Tensor  # [b, T] tokens of KL and entropy: own samples only
+    distill_mask: torch.Tensor  # [b, T] tokens distilled (the explorer's shared samples)
+    source_row: torch.Tensor  # [b] the row in the rollout
+    behaviour_logp: torch.Tensor | None = None  # [b, T] the sampling policy's, shared rows
+
+
+@dataclass
+class TermNormalizers:
+    """Global normalisers of a policy's loss terms (each over its own mask)."""
+
+    pg: LossNormalizer
+    kl: LossNormalizer
+    distill: LossNormalizer
+
+
+@dataclass
+class DuPOStep(StepState):
+    active: tuple[str, ...] = ()  # policies updated this step
+    interactions: Interactions | None = None
+    batches: dict[str, RolloutBatch] = field(default_factory=dict)  # per policy
+    # [B, T] each policy's log-probs / entropies on the rollout rows it scored (NaN elsewhere)
+    logp: dict[str, torch.Tensor] = field(default_factory=dict)
+    entropy: dict[str, torch.Tensor] = field(default_factory=dict)
+    # each updated policy's pre-update scores of its training batch's rows
+    trained: dict[str, TokenScores] = field(default_factory=dict)
+
+
 @register_method("dupo")
-class DuPO(DualAdapterUpdates, Method):
+class DuPO(Method):
     Config = DuPOConfig
-    policies = POLICIES
+    State = DuPOStep
     default_policy = EXPLOIT
 
     @classmethod
@@ -130,24 +170,16 @@ class DuPO(DualAdapterUpdates, Method):
             if not ok:
                 raise ConfigError(message)
 
-    def __init__(self, run):
-        super().__init__(run)
-        rc, cfg = run.config, self.cfg
+    # -- set-up ---------------------------------------------------------------------------
+    def build_policy(self, loaded: LoadedModel) -> torch.nn.Module:
+        # Always LoRA, also on `tiny` (where lora.enabled=auto would mean full fine-tuning).
+        return apply_lora_adapters(loaded.model, self.config.lora, [EXPLOIT, EXPLORE])
+
+    def setup(self) -> None:
+        cfg, rc = self.cfg, self.config
         g = rc.rollout.group_size
         self.n_explore = g // 2 if cfg.explore_samples is None else cfg.explore_samples
-        lrs = {EXPLORE: cfg.lr_explore, EXPLOIT: cfg.lr_exploit}
-        self.optimizers, self.schedulers = {}, {}
-        for p in POLICIES:
-            opt = torch.optim.AdamW(
-                list(adapter_parameters(self.policy, p).values()),
-                lr=lrs[p],
-                betas=(rc.optim.beta1, rc.optim.beta2),
-                weight_decay=rc.optim.weight_decay,
-            )
-            updates = sum(p in self.active_policies(s) for s in range(rc.steps))
-            self.optimizers[p], self.schedulers[p] = opt, build_scheduler(opt, rc.optim, updates)
-        # The base class built one optimizer over the trainable adapter; point it at ours.
-        self.optimizer, self.scheduler = self.optimizers[EXPLOIT], self.schedulers[EXPLOIT]
+        self.reference = ReferencePolicy(self.policy)
         self.reward_history: dict[str, list[float]] = {p: [] for p in POLICIES}
         self.history: list[dict[str, float]] = []
         if rc.steps and not any(EXPLOIT in self.active_policies(s) for s in range(rc.steps)):
@@ -159,9 +191,19 @@ class DuPO(DualAdapterUpdates, Method):
                 flush=True,
             )
 
-    def build_policy(self, loaded: LoadedModel) -> torch.nn.Module:
-        # Always LoRA, also on `tiny` (where lora.enabled=auto would mean full fine-tuning).
-        return apply_lora_adapters(loaded.model, self.run.config.lora, [EXPLOIT, EXPLORE])
+    def param_groups(self) -> list[ParamGroup]:
+        """One group per adapter, each at its own lr, its schedule as long as its updates."""
+        lrs = {EXPLORE: self.cfg.lr_explore, EXPLOIT: self.cfg.lr_exploit}
+        steps = range(self.config.steps)
+        return [
+            ParamGroup(
+                p,
+                list(adapter_parameters(self.policy, p).values()),
+                lrs[p],
+                sum(p in self.active_policies(s) for s in steps),
+            )
+            for p in POLICIES
+        ]
 
     def active_policies(self, step: int) -> tuple[str, ...]:
         """Policies updated at `step`: both, or one per block of `alternating_interval`."""
@@ -174,43 +216,107 @@ class DuPO(DualAdapterUpdates, Method):
     def eval_policy(self) -> torch.nn.Module:
         return activate_adapter(self.policy, EXPLOIT, trainable=False)
 
-    # -- rollout and rewards ------------------------------------------------------------------
-    def rollout(self, step: int, examples: list[Example]) -> RolloutBatch:
+    # -- hooks --------------------------------------------------------------------------------
+    def rollout(self, step: int, examples) -> RolloutBatch:
         """G_X responses per prompt from `exploit` and G_E from `explore`, in one decode.
 
         Rows are ordered [all exploit rows | all explore rows] so each adapter's rows are one
         contiguous slice in every layer (`models.adapters.rows_per_adapter`); group ids are
         the prompt index, so a prompt's responses from both policies share a group id.
         """
-        rc = self.run.config
-        n_x = rc.rollout.group_size - self.n_explore
+        n_x = self.config.rollout.group_size - self.n_explore
         order = [(i, EXPLOIT) for i in range(len(examples)) for _ in range(n_x)]
         order += [(i, EXPLORE) for i in range(len(examples)) for _ in range(self.n_explore)]
-        batch = generate(
-            self.policy,
-            self.tokenizer,
-            [examples[i].messages for i, _ in order],
-            1,
-            self.sampling,
-            seed=self.rollout_seed(step),
-            batch_size=rc.rollout.generation_batch_size,
-            adapter_names=[name for _, name in order],
-        )
+        prompts = [examples[i].messages for i, _ in order]
+        batch = self.sample(step, prompts, 1, adapter_names=[name for _, name in order])
         batch.group_ids = torch.tensor([i for i, _ in order])
         batch.example_index = [i for i, _ in order]
-        batch.extras["explore"] = torch.tensor([name == EXPLORE for _, name in order])
+        batch.per_row = SampledBy(explore=torch.tensor([name == EXPLORE for _, name in order]))
         return batch
 
-    def interactions(self, full: RolloutBatch) -> dict[str, torch.Tensor]:
+    def score(self, state: DuPOStep) -> dict[str, float]:
+        super().score(state)
+        return {}  # per-policy reward metrics come with the rest in `finish`
+
+    def prepare(self, state: DuPOStep) -> dict[str, float]:
+        state.active = self.active_policies(state.step)
+        if self.cfg.kl_coef:
+            mb = self.config.optim.micro_batch_size
+            state.batch.ref_logp = self.reference.scores(
+                state.batch, self.sampling.temperature, mb
+            ).logp
+        return {}
+
+    def advantages(self, state: DuPOStep) -> dict[str, float]:
+        """Training rewards, sharing sets and each policy's batch with its advantages."""
+        state.interactions = self.interactions(state.batch)
+        state.batches = {p: self.policy_batch(state.batch, p, state.interactions) for p in POLICIES}
+        return {}
+
+    def update(self, state: DuPOStep) -> dict[str, float]:
+        """Each active policy's loss (explorer first: its log-probs are the behaviour
+        log-probs of the rows it shares), gradient sharing, then one step of both."""
+        cfg, full, active = self.cfg, state.batch, state.active
+        shape = full.response_ids.shape
+        state.logp = {p: torch.full(shape, math.nan) for p in POLICIES}
+        state.entropy = {p: torch.full(shape, math.nan) for p in POLICIES}
+        metrics: dict[str, float] = {}
+        for p in POLICIES:
+            batch = state.batches[p]
+            rows: PolicyRows = batch.per_row
+            src, own = rows.source_row, rows.own
+            rows.behaviour_logp = state.logp[EXPLORE][src]
+            if p in active:
+                scores, loss_metrics = self.accumulate(p, batch)
+                state.trained[p] = scores
+                metrics.update({f"{p}/{k}": v for k, v in loss_metrics.items()})
+            else:
+                need = own if cfg.frozen_metrics else torch.zeros_like(own)
+                if p == EXPLORE and EXPLOIT in active:
+                    need = need | state.interactions.give_e[src]  # the exploiter's shared rows
+                if not need.any():
+                    continue
+                scores = self.score_frozen(batch.select(need.nonzero().squeeze(-1)), p)
+                src, own = src[need], torch.ones(int(need.sum()), dtype=torch.bool)
+            state.logp[p][src[own]] = scores.logp[own]
+            state.entropy[p][src[own]] = scores.entropy[own]
+        share = None
+        if len(active) == 2 and cfg.gradient_sharing:
+            share = lambda: self.share_adapter_gradients(cfg.gradient_sharing)  # noqa: E731
+        with commit():  # the adapters and the reward history change together or not at all
+            for p in active:
+                self.record_reward(p, full, state.interactions)
+            scales = {p: self.lr_scale(p) for p in POLICIES}
+            results = self.update_engine.step(active, lr_scale=scales, before_clip=share)
+        for p in POLICIES:
+            metrics.update({f"{p}/lr_scale": scales[p], f"{p}/updated": float(p in active)})
+            metrics.update({f"{p}/{k}": v for k, v in results.get(p, {}).items()})
+        activate_adapter(self.policy, EXPLOIT, trainable=False)
+        metrics["loss"] = sum(metrics.get(f"{p}/loss", 0.0) for p in POLICIES)
+        return metrics
+
+    def finish(self, state: DuPOStep) -> dict[str, float]:
+        """Both policies' metrics; the reward/diversity plot after the last step."""
+        cfg = self.cfg
+        metrics = step_metrics(state, cfg, self.share_weights)
+        self.history.append({"step": state.step + 1, **metrics})
+        if cfg.plot and state.step + 1 == self.config.steps and dist.is_main():
+            path = Path(self.config.output_dir) / "dupo_policies.png"
+            if err := write_plot(self.history, path, POLICIES):
+                print(f"[tandemrl] warning: {err}", file=sys.stderr, flush=True)
+        return metrics
+
+    # -- interactions ---------------------------------------------------------------------------
+    def interactions(self, full: RolloutBatch) -> Interactions:
         """Training rewards and the sharing sets, from task rewards only (no forward)."""
         cfg, r, g = self.cfg, full.rewards, full.group_ids
-        is_e = full.extras["explore"]
+        is_e = full.per_row.explore
         is_x = ~is_e
-        est, opts = ADVANTAGES.get(cfg.advantage), cfg.advantage_options
+        estimator, opts = ADVANTAGES.get(cfg.advantage), cfg.advantage_options
         give_e = share_candidates(r, g, is_e, is_x, cfg.success_reward)
         give_x = share_candidates(r, g, is_x, is_e, cfg.success_reward)
-        cross = cross_policy_reward(r, g, give_e, is_x, est, **opts) + cross_policy_reward(
-            r, g, give_x, is_e, est, **opts
+        cross = cross_policy_reward(r, g, give_e, is_x, estimator, **opts) + cross_policy_reward(
+            r, g, give_x, is_e, estimator, **opts
         )
         seqs = full.response_token_lists()
         e_rows, x_rows = is_e.nonzero().squeeze(-1), is_x.nonzero().squeeze(-1)
@@ -223,112 +329,117 @@ class DuPO(DualAdapterUpdates, Method):
             cfg.novelty_ngram,
         )
         train_r = r + cfg.cross_reward_weight * cross + cfg.diversity_coef * novelty * is_e
-        return {
-            "explore": is_e,
-            "give_e": give_e,
-            "give_x": give_x,
-            "cross": cross,
-            "novelty": novelty,
-            "train_rewards": train_r,
-        }
+        return Interactions(is_e, give_e, give_x, cross, novelty, train_r)
 
-    def policy_batch(self, full: RolloutBatch, policy: str, inter: dict) -> RolloutBatch:
+    def policy_batch(self, full: RolloutBatch, policy: str, inter: Interactions) -> RolloutBatch:
         """The rows `policy` trains on, with advantages, masks and sharing flags set."""
         cfg = self.cfg
-        own = inter["explore"] if policy == EXPLORE else ~inter["explore"]
+        own = inter.explore if policy == EXPLORE else ~inter.explore
         shared = torch.zeros_like(own)
         extra = torch.zeros_like(own)
         if policy == EXPLOIT:
-            extra = inter["give_e"] if cfg.response_sharing or cfg.distill_coef > 0 else extra
-            shared = inter["give_e"] if cfg.response_sharing else shared
+            extra = inter.give_e if cfg.response_sharing or cfg.distill_coef > 0 else extra
+            shared = inter.give_e if cfg.response_sharing else shared
         rows = (own | extra).nonzero().squeeze(-1)
         batch = full.select(rows)
         own, shared, extra = own[rows], shared[rows], extra[rows]
         pg = own | shared
         # Shared responses are judged on task reward; bonuses are for a policy's own samples.
-        rewards = torch.where(own, inter["train_rewards"][rows], full.rewards[rows])
+        rewards = torch.where(own, inter.train_rewards[rows], full.rewards[rows])
         adv = torch.zeros(len(rows))
         keep = torch.zeros(len(rows), dtype=torch.bool)
         if pg.any():
-            res = ADVANTAGES.get(cfg.advantage)(
-                rewards[pg], batch.group_ids[pg], **cfg.advantage_options
-            )
+            res = cfg.group_advantages(rewards[pg], batch.group_ids[pg])
             adv[pg], keep[pg] = res.advantages.float(), res.keep
         batch.rewards, batch.advantages = rewards, adv
         rmask = batch.response_mask
         batch.loss_mask = rmask * keep.unsqueeze(-1).to(rmask.dtype)
-        batch.extras = {
-            "own": own,
-            "shared": shared,
-            "kl_mask": batch.loss_mask * own.unsqueeze(-1).to(rmask.dtype),
-            "distill_mask": rmask * (extra & (cfg.distill_coef > 0)).unsqueeze(-1).to(rmask.dtype),
-            "behaviour_logp": torch.zeros(rmask.shape),
-            "full_rows": rows,
-        }
+        batch.per_row = PolicyRows(
+            own=own,
+            shared=shared,
+            kl_mask=batch.loss_mask * own.unsqueeze(-1).to(rmask.dtype),
+            distill_mask=rmask * (extra & (cfg.distill_coef > 0)).unsqueeze(-1).to(rmask.dtype),
+            source_row=rows,
+        )
         return batch
 
-    # -- the step -----------------------------------------------------------------------------
-    def step(self, step: int, examples: list[Example]) -> dict[str, float]:
-        cfg = self.cfg
-        active = self.active_policies(step)
-        t0 = time.perf_counter()
-        full = self.rollout(step, examples)
-        t1 = time.perf_counter()
-        score_rewards(self.run.task, examples, full)
-        inter = self.interactions(full)
-        t2 = time.perf_counter()
-        if cfg.kl_coef:
-            full.ref_logp = self.score_frozen(full, None)["logp"]
-        # [B, T] log-probs / entropies of each policy on its own rows (NaN = not scored).
-        logp = {p: torch.full(full.response_ids.shape, math.nan) for p in POLICIES}
-        entropy = {p: torch.full(full.response_ids.shape, math.nan) for p in POLICIES}
-        metrics: dict[str, float] = {}
-        batches: dict[str, RolloutBatch] = {}
-        t3 = time.perf_counter()
-        # Explorer first: its log-probs are the behaviour log-probs of the rows it shares.
-        for p in POLICIES:
-            batch = self.policy_batch(full, p, inter)
-            rows, own = batch.extras["full_rows"], batch.extras["own"]
-            batch.extras["behaviour_logp"] = logp[EXPLORE][rows]
-            if p in active:
-                out = self.accumulate(p, batch)
-                logp[p][rows[own]], entropy[p][rows[own]] = out["logp"][own], out["entropy"][own]
-                batch.extras["is_weights"] = out["is_weights"]
-                metrics.update({f"{p}/{k}": v for k, v in out["metrics"].items()})
-                batches[p] = batch
-                continue
-            need = own if cfg.frozen_metrics else torch.zeros_like(own)
-            if p == EXPLORE and EXPLOIT in active:
-                need = need | inter["give_e"][rows]  # the exploiter's off-policy rows
-            if need.any():
-                frozen = self.score_frozen(full.select(rows[need]), p)
-                logp[p][rows[need]], entropy[p][rows[need]] = frozen["logp"], frozen["entropy"]
-        if len(active) == 2 and cfg.gradient_sharing:
-            self.share_adapter_gradients(EXPLORE, EXPLOIT, cfg.gradient_sharing)
-        with commit():  # both adapters and the reward history change together or not at all
-            for p in active:
-                self.record_reward(p, full, inter)
-            for p in POLICIES:
-                scale = self.lr_scale(p)
-                metrics.update({f"{p}/lr_scale": scale, f"{p}/updated": float(p in active)})
-                if p in active:
-                    metrics.update({f"{p}/{k}": v for k, v in self.apply_update(p, scale).items()})
-        activate_adapter(self.policy, EXPLOIT, trainable=False)
-        t4 = time.perf_counter()
-        metrics.update(step_metrics(full, inter, logp, entropy, batches, active, cfg))
-        metrics["loss"] = sum(metrics.get(f"{p}/loss", 0.0) for p in POLICIES)
-        metrics.update(phase_times(t0, t1, t2, t3, t4))
-        self.last_batches, self.last_full = batches, full
-        self.history.append({"step": step + 1, **metrics})
-        if cfg.plot and step + 1 == self.run.config.steps and dist.is_main():
-            path = Path(self.run.config.output_dir) / "dupo_policies.png"
-            if err := write_plot(self.history, path, POLICIES):
-                print(f"[tandemrl] warning: {err}", file=sys.stderr, flush=True)
-        return metrics
+    # -- the update -----------------------------------------------------------------------------
+    def accumulate(self, policy: str, batch: RolloutBatch) -> tuple[TokenScores, dict[str, float]]:
+        """Forward and backward of `policy`'s loss over `batch` (no optimizer step yet)."""
+        rows: PolicyRows = batch.per_row
+        norms = TermNormalizers(
+            pg=dist.global_normalizer(batch.train_mask),
+            kl=dist.global_normalizer(rows.kl_mask),
+            distill=dist.global_normalizer(rows.distill_mask),
+        )
+        activate_adapter(self.policy, policy, trainable=True)
+        acc = self.update_engine.accumulate(
+            policy,
+            batch,
+            lambda micro, _: self.loss(policy, micro, norms),
+            self.config.optim.micro_batch_size,
+            norms.pg,
+        )
+        return acc.scores, {**acc.metrics, "loss": acc.loss}
 
-    def record_reward(self, policy: str, full: RolloutBatch, inter: dict) -> None:
+    def loss(self, policy: str, micro: RolloutBatch, norms: TermNormalizers) -> LossOutput:
+        """Clipped surrogate with off-policy weights on shared rows, + KL, entropy, distill.
+
+        Per token: A_i * w_t with w_t = min(pi(y_t) / pi_behaviour(y_t), cap) on shared rows
+        (1 elsewhere); KL and entropy only on the policy's own samples (the k3 estimator
+        assumes y ~ pi); distill = mean NLL over the distilled rows' tokens.
+        """
+        cfg, rows = self.cfg, micro.per_row
+        bonus_on = policy == EXPLORE and bool(cfg.explore_entropy_coef)
+        scores = score_tokens(
+            self.policy, micro, self.sampling.temperature, with_entropy=True, entropy_grad=bonus_on
+        )
+        logp = scores.logp
+        tok_adv = micro.advantages.unsqueeze(-1).expand_as(logp)
+        if rows.shared.any():
+            tok_adv = tok_adv * self.share_weights(logp.detach(), rows)
+        # one update per batch: pi_old is pi before this update
+        result = cfg.policy_loss(logp, logp.detach(), tok_adv, micro.train_mask, norms.pg)
+        total, metrics = result.loss, dict(result.metrics)
+        if bonus_on:
+            bonus = entropy_bonus(
+                scores.entropy, rows.kl_mask, cfg.explore_entropy_coef, cfg.aggregation, norms.kl
+            )
+            total = total + bonus.loss
+        if cfg.kl_coef:
+            total = (
+                total + cfg.kl_term(logp, micro.ref_logp, rows.kl_mask, cfg.kl_coef, norms.kl).loss
+            )
+        if rows.distill_mask.any():
+            nll = aggregate(-logp, rows.distill_mask, "token-mean", norms.distill)
+            total = total + cfg.distill_coef * nll
+            metrics["distill_nll"] = nll.item()
+        return LossOutput(total, metrics, scores)
+
+    def share_weights(self, logp: torch.Tensor, rows: PolicyRows) -> torch.Tensor:
+        """[b, T] token weights: min(pi / pi_behaviour, cap) on shared rows, 1 elsewhere."""
+        behaviour = torch.nan_to_num(rows.behaviour_logp)
+        w = truncated_importance_weights(logp, behaviour, self.cfg.share_is_cap)
+        return torch.where(rows.shared.unsqueeze(-1), w, torch.ones_like(logp))
+
+    def share_adapter_gradients(self, coef: float) -> None:
+        """g'_E = g_E + coef g_X and g'_X = g_X + coef g_E, parameter by parameter."""
+        pa, pb = adapter_parameters(self.policy, EXPLORE), adapter_parameters(self.policy, EXPLOIT)
+        ga, gb = share_gradients(
+            {k: p.grad for k, p in pa.items()}, {k: p.grad for k, p in pb.items()}, coef
+        )
+        for key in pa:
+            pa[key].grad, pb[key].grad = ga[key], gb[key]
+
+    def score_frozen(self, batch: RolloutBatch, adapter: str) -> TokenScores:
+        """Log-probs and entropies under `adapter` without gradient."""
+        activate_adapter(self.policy, adapter, trainable=False)
+        mb = self.config.optim.micro_batch_size
+        return score_batch(self.policy, batch, self.sampling.temperature, mb, with_entropy=True)
+
+    def record_reward(self, policy: str, full: RolloutBatch, inter: Interactions) -> None:
         """Task reward of an updated policy's samples: the progress adaptive weighting reads."""
-        own = inter["explore"] if policy == EXPLORE else ~inter["explore"]
+        own = inter.explore if policy == EXPLORE else ~inter.explore
         r = full.rewards[own]
         r = r[~torch.isnan(r)]
         # Over all ranks: every rank must compute the same lr scale.
@@ -353,3 +464,16 @@ class DuPO(DualAdapterUpdates, Method):
             strength=cfg.adaptive_strength,
             min_scale=cfg.adaptive_min_scale,
         )
+
+    # -- checkpointing --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "reward_history": {p: list(h) for p, h in self.reward_history.items()},
+            "history": list(self.history),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.reward_history = {p: list(h) for p, h in state["reward_history"].items()}
+        self.history = list(state.get("history", []))

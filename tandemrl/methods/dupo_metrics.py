@@ -6,21 +6,35 @@ computed over P's own samples of the step, so the two policies are comparable li
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from tandemrl.algos import distinct_answers, group_distinct_n, kl_penalty, masked_mean
-from tandemrl.methods.base import reward_metrics
+from tandemrl.algos import kl_penalty, masked_mean
+from tandemrl.methods.diversity import group_diversity
+from tandemrl.methods.rewards import finite_mean, reward_metrics
 from tandemrl.rollout import RolloutBatch
-from tandemrl.tasks.extraction import answer_key
+
+
+@dataclass
+class Interactions:
+    """What the two policies' samples do for each other in a step, per rollout row, from task
+    rewards alone (`DuPO.interactions`)."""
+
+    explore: torch.Tensor  # [B] sampled by the explorer
+    give_e: torch.Tensor  # [B] explorer samples eligible to join the exploiter's group (S_E)
+    give_x: torch.Tensor  # [B] exploiter samples eligible for the explorer's group (S_X)
+    cross: torch.Tensor  # [B] cross-policy reward c
+    novelty: torch.Tensor  # [B] n-gram novelty against the exploiter (explorer rows)
+    train_rewards: torch.Tensor  # [B] the reward each policy trains on
 
 
 def policy_metrics(
     prefix: str,
     full: RolloutBatch,
     own: torch.Tensor,
-    inter: dict[str, torch.Tensor],
+    inter: Interactions,
     logp: torch.Tensor | None,
     entropy: torch.Tensor | None,
     kl_estimator: str,
@@ -33,57 +47,51 @@ def policy_metrics(
     rows = own.nonzero().squeeze(-1)
     batch = full.select(rows)
     out = reward_metrics(batch, prefix)
-    train_r = inter["train_rewards"][rows]
-    train_r = train_r[~torch.isnan(train_r)]
-    out[f"{prefix}train_reward/mean"] = train_r.mean().item() if train_r.numel() else math.nan
+    out[f"{prefix}train_reward/mean"] = finite_mean(inter.train_rewards[rows])
     mask = batch.response_mask
     if logp is not None and not torch.isnan(logp[rows]).any():
         out[f"{prefix}entropy/mean"] = masked_mean(entropy[rows], mask).item()
         if full.ref_logp is not None:
             kl = kl_penalty(logp[rows], batch.ref_logp, kl_estimator)
             out[f"{prefix}kl"] = masked_mean(kl, mask).item()
-    seqs = batch.response_token_lists()
-    out[f"{prefix}diversity/distinct_answers"] = distinct_answers(
-        [answer_key(c) for c in batch.completions], batch.group_ids
-    )
-    out[f"{prefix}diversity/distinct_1"] = group_distinct_n(seqs, batch.group_ids, 1)
-    out[f"{prefix}diversity/distinct_2"] = group_distinct_n(seqs, batch.group_ids, 2)
+    out.update(group_diversity(batch, prefix))
     if prefix == "explore/":
-        out[f"{prefix}novelty/mean"] = inter["novelty"][rows].mean().item()
-    out[f"{prefix}cross_reward/mean"] = inter["cross"][rows].mean().item()
+        out[f"{prefix}novelty/mean"] = inter.novelty[rows].mean().item()
+    out[f"{prefix}cross_reward/mean"] = inter.cross[rows].mean().item()
     return out
 
 
-def step_metrics(
-    full: RolloutBatch,
-    inter: dict[str, torch.Tensor],
-    logp: dict[str, torch.Tensor],
-    entropy: dict[str, torch.Tensor],
-    batches: dict[str, RolloutBatch],
-    active: tuple[str, ...],
-    cfg,
-) -> dict[str, float]:
-    """Both policies' metrics, sharing statistics, and unprefixed keys for the served one."""
+def step_metrics(state, cfg, share_weights: Callable) -> dict[str, float]:
+    """Both policies' metrics, sharing statistics, and unprefixed keys for the served one.
+    `state` is the step's `DuPOStep`; `share_weights(logp, rows)` the exploiter's token
+    weights on shared rows (`DuPO.share_weights`)."""
+    full, inter, active = state.batch, state.interactions, state.active
     out: dict[str, float] = {}
     for p in ("explore", "exploit"):
-        own = inter["explore"] if p == "explore" else ~inter["explore"]
-        scored = not torch.isnan(logp[p][own]).any()
-        lp = logp[p] if scored else None
-        out.update(policy_metrics(f"{p}/", full, own, inter, lp, entropy[p], cfg.kl_estimator))
-    exploit = batches.get("exploit")
-    shared = exploit.extras["shared"] if exploit is not None else None
-    n_shared = int(shared.sum()) if shared is not None else 0
+        own = inter.explore if p == "explore" else ~inter.explore
+        logp = state.logp[p]
+        scored = not torch.isnan(logp[own]).any()
+        lp = logp if scored else None
+        out.update(
+            policy_metrics(f"{p}/", full, own, inter, lp, state.entropy[p], cfg.kl_estimator)
+        )
+    n_shared = 0
+    if "exploit" in active:
+        exploit = state.batches["exploit"]
+        rows = exploit.per_row
+        n_shared = int(rows.shared.sum())
     out["explore/shared_count"] = float(n_shared)
-    out["explore/eligible_count"] = float(inter["give_e"].sum())
-    out["exploit/eligible_count"] = float(inter["give_x"].sum())
+    out["explore/eligible_count"] = float(inter.give_e.sum())
+    out["exploit/eligible_count"] = float(inter.give_x.sum())
     if n_shared:
-        w = exploit.extras["is_weights"][shared][exploit.response_mask[shared].bool()]
+        weights = share_weights(state.trained["exploit"].logp, rows)
+        w = weights[rows.shared][exploit.response_mask[rows.shared].bool()]
         out["dupo/is_weight_mean"] = w.mean().item()
         out["dupo/is_weight_capped_frac"] = (w >= cfg.share_is_cap).float().mean().item()
     out["dupo/active"] = 2.0 if len(active) == 2 else float(active[0] == "exploit")
     out["dupo/grad_share"] = cfg.gradient_sharing if len(active) == 2 else 0.0
     # Unprefixed keys describe the served policy, as they do for single-policy methods.
-    out.update(reward_metrics(full.select((~inter["explore"]).nonzero().squeeze(-1))))
+    out.update(reward_metrics(full.select((~inter.explore).nonzero().squeeze(-1))))
     for key in ("entropy/mean", "kl"):
         if f"exploit/{key}" in out:
             out[key] = out[f"exploit/{key}"]

@@ -1,4 +1,4 @@
-"""GDPO and GD²PO: several named rewards without letting them cancel (METHODS.md §5).
+"""GDPO and GD²PO: several named rewards without letting them cancel (docs/multi_reward.md).
 
 Both are GRPO (same rollout, loss, KL, entropy, dynamic sampling, update) with another
 advantage. The rewards are the task's named reward functions with their weights
@@ -32,6 +32,7 @@ from tandemrl.algos import gd2po_advantages, gdpo_advantages, groups_with_signal
 from tandemrl.algos.reward_stats import multi_reward_stats
 from tandemrl.errors import ConfigError
 from tandemrl.methods import register_method
+from tandemrl.methods.base import StepState
 from tandemrl.methods.grpo import GRPO, GRPOConfig
 from tandemrl.rollout import RolloutBatch
 
@@ -73,9 +74,9 @@ class GDPO(GRPO):
         if cfg.eps <= 0:
             raise ConfigError(f"{cls.name}.eps must be > 0, e.g. {cls.name}.eps=1e-6")
 
-    def __init__(self, run):
-        super().__init__(run)
-        self.weights = torch.tensor([spec.weight for spec in run.task.rewards])
+    def setup(self) -> None:
+        super().setup()
+        self.weights = torch.tensor([spec.weight for spec in self.run.task.rewards])
 
     def multi_reward_advantages(self, batch: RolloutBatch):
         return gdpo_advantages(
@@ -86,9 +87,10 @@ class GDPO(GRPO):
             batch_norm=self.cfg.batch_norm,
         )
 
-    def compute_advantages(self, batch: RolloutBatch) -> dict[str, float]:
+    def advantages(self, state: StepState) -> dict[str, float]:
+        batch = state.batch
         if self.cfg.multi_reward == "sum":
-            metrics = super().compute_advantages(batch)
+            metrics = super().advantages(state)
             keep = batch.train_mask.sum(-1) > 0
         else:
             result = self.multi_reward_advantages(batch)

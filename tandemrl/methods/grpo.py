@@ -1,12 +1,14 @@
 """GRPO: group-relative policy optimisation (DeepSeekMath, arXiv 2402.03300).
 
-One step:
-  1. sample G responses for each of N prompts with the current policy;
-  2. score them with the task's reward functions (weighted sum, NaN = abstain);
-  3. advantages from a registered estimator (`grpo` group z-score by default; `rloo`, Dr.GRPO
-     via `advantage_options.std_mode=none`, or your own `module:function`);
-  4. one AdamW update on the clipped surrogate (+ optional KL to the reference and entropy
-     bonus), aggregated with an explicit global normaliser over microbatches.
+One step, filling the skeleton of `methods.base`:
+  rollout     G responses for each of N prompts from the current policy;
+  score       the task's reward functions (weighted sum, NaN = abstain);
+  prepare     reference log-probs when kl_coef > 0 (with `kl_in=reward`, the KL penalty is
+              subtracted from the rewards here);
+  advantages  a registered estimator (`grpo` group z-score by default; `rloo`, Dr.GRPO via
+              `advantage_options.std_mode=none`, or your own `module:function`);
+  update      one AdamW update on the clipped surrogate (+ optional KL to the reference and
+              entropy bonus), aggregated with an explicit global normaliser over microbatches.
 
 DAPO-style options: `clip_high=0.28`, `aggregation=token-mean`, `dynamic_sampling=true`
 (drop groups whose rewards are all equal: they carry no GRPO signal).
@@ -14,36 +16,23 @@ DAPO-style options: `clip_high=0.28`, `aggregation=token-mean`, `dynamic_samplin
 
 from __future__ import annotations
 
-import copy
-import time
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-
 from tandemrl.algos import (
-    ADVANTAGES,
-    POLICY_LOSSES,
     LossNormalizer,
     entropy_bonus,
     groups_with_signal,
     kl_in_reward,
-    kl_loss,
     kl_penalty,
 )
 from tandemrl.errors import ConfigError
 from tandemrl.methods import register_method
-from tandemrl.methods.base import (
-    GroupObjective,
-    Method,
-    accumulate_and_step,
-    phase_times,
-    reward_metrics,
-    score_rewards,
-)
-from tandemrl.models import reference_mode
-from tandemrl.rollout import RolloutBatch, score_tokens
-from tandemrl.tasks import Example
+from tandemrl.methods.base import Method, StepState
+from tandemrl.methods.objective import GroupObjective
+from tandemrl.methods.reference import ReferencePolicy
+from tandemrl.rollout import RolloutBatch, TokenScores, score_tokens
+from tandemrl.runtime.update import LossOutput
 
 
 @dataclass
@@ -68,33 +57,25 @@ class GRPO(Method):
                 "has no baseline: every advantage would be 0)"
             )
 
-    def __init__(self, run):
-        super().__init__(run)
-        self.reference = None
-        if self.cfg.kl_coef > 0 and not self.uses_lora():
-            # Full fine-tuning has no adapter-free base to fall back on: keep a frozen copy.
-            self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
+    def setup(self) -> None:
+        self.reference = ReferencePolicy(self.policy) if self.cfg.kl_coef > 0 else None
 
-    # -- pieces other methods reuse ---------------------------------------------------------
-    @torch.no_grad()
-    def reference_logp(self, batch: RolloutBatch) -> torch.Tensor:
-        mb = self.run.config.optim.micro_batch_size
-        if self.reference is not None:
-            parts = [
-                score_tokens(self.reference, m, self.sampling.temperature).logp
-                for m in batch.microbatches(mb)
-            ]
-        else:
-            with reference_mode(self.policy):
-                parts = [
-                    score_tokens(self.policy, m, self.sampling.temperature).logp
-                    for m in batch.microbatches(mb)
-                ]
-        return torch.cat(parts)
+    # -- hooks ------------------------------------------------------------------------------
+    def prepare(self, state: StepState) -> dict[str, float]:
+        cfg, batch = self.cfg, state.batch
+        if not cfg.kl_coef:
+            return {}
+        batch.ref_logp = self.reference_logp(batch)
+        if cfg.kl_in != "reward":
+            return {}
+        batch.old_logp = self.score_no_grad(batch).logp
+        kl = kl_penalty(batch.old_logp, batch.ref_logp, cfg.kl_estimator)
+        batch.rewards, metrics = kl_in_reward(batch.rewards, kl, batch.response_mask, cfg.kl_coef)
+        return metrics
 
-    def compute_advantages(self, batch: RolloutBatch) -> dict[str, float]:
-        estimator = ADVANTAGES.get(self.cfg.advantage)
-        result = estimator(batch.rewards, batch.group_ids, **self.cfg.advantage_options)
+    def advantages(self, state: StepState) -> dict[str, float]:
+        batch = state.batch
+        result = self.cfg.group_advantages(batch.rewards, batch.group_ids)
         keep = result.keep
         if self.cfg.dynamic_sampling:
             keep = keep & groups_with_signal(batch.rewards, batch.group_ids)
@@ -102,11 +83,26 @@ class GRPO(Method):
         batch.loss_mask = batch.response_mask * keep.unsqueeze(-1).to(batch.response_mask.dtype)
         return {**result.metrics, "advantage/kept_frac": keep.float().mean().item()}
 
-    def loss(self, micro: RolloutBatch, normalizer: LossNormalizer):
+    def update(self, state: StepState) -> dict[str, float]:
+        acc = self.update_engine.accumulate(
+            "policy",
+            state.batch,
+            lambda micro, normalizer: self.loss(micro, normalizer, state),
+            self.config.optim.micro_batch_size,
+        )
+        result = self.update_engine.step(["policy"])["policy"]
+        return {**acc.metrics, "loss": acc.loss, **result}
+
+    # -- pieces other methods reuse ---------------------------------------------------------
+    def reference_logp(self, batch: RolloutBatch):
+        mb = self.config.optim.micro_batch_size
+        return self.reference.scores(batch, self.sampling.temperature, mb).logp
+
+    def loss(self, micro: RolloutBatch, normalizer: LossNormalizer, state: StepState) -> LossOutput:
         scores = self.score_for_loss(micro)
         return self.loss_from_scores(micro, scores, normalizer)
 
-    def score_for_loss(self, micro: RolloutBatch):
+    def score_for_loss(self, micro: RolloutBatch) -> TokenScores:
         """The differentiable forward of the loss; the entropy carries a gradient only when
         the entropy bonus is on (it costs the [B, T, V] probabilities in the backward)."""
         return score_tokens(
@@ -117,7 +113,9 @@ class GRPO(Method):
             entropy_grad=bool(self.cfg.entropy_coef),
         )
 
-    def loss_from_scores(self, micro: RolloutBatch, scores, normalizer: LossNormalizer):
+    def loss_from_scores(
+        self, micro: RolloutBatch, scores: TokenScores, normalizer: LossNormalizer
+    ) -> LossOutput:
         """GRPO's loss terms on an already computed forward (`scores`), so that a method
         adding its own terms (DiPO's reallocated-reward term) reuses the same forward."""
         cfg = self.cfg
@@ -125,16 +123,7 @@ class GRPO(Method):
         # One update per batch: the behaviour policy is the current one, so the ratio is
         # exactly 1 in value but still carries the gradient of log π.
         old_logp = micro.old_logp if micro.old_logp is not None else scores.logp.detach()
-        policy = POLICY_LOSSES.get(cfg.loss)(
-            scores.logp,
-            old_logp,
-            micro.advantages,
-            mask,
-            clip_low=cfg.clip_low,
-            clip_high=cfg.clip_high,
-            aggregation=cfg.aggregation,
-            normalizer=normalizer,
-        )
+        policy = cfg.policy_loss(scores.logp, old_logp, micro.advantages, mask, normalizer)
         total = policy.loss
         metrics = dict(policy.metrics)
         ent = entropy_bonus(
@@ -144,58 +133,7 @@ class GRPO(Method):
             total = total + ent.loss
         metrics.update(ent.metrics)
         if cfg.kl_coef and cfg.kl_in == "loss":
-            kl = kl_loss(
-                scores.logp,
-                micro.ref_logp,
-                mask,
-                coef=cfg.kl_coef,
-                kind=cfg.kl_estimator,
-                aggregation=cfg.aggregation,
-                normalizer=normalizer,
-            )
+            kl = cfg.kl_term(scores.logp, micro.ref_logp, mask, cfg.kl_coef, normalizer)
             total = total + kl.loss
             metrics.update(kl.metrics)
-        return total, metrics
-
-    # -- the step ----------------------------------------------------------------------------
-    def step(self, step: int, examples: list[Example]) -> dict[str, float]:
-        rc = self.run.config
-        t0 = time.perf_counter()
-        batch = self.rollout(step, examples)
-        t1 = time.perf_counter()
-        score_rewards(self.run.task, examples, batch)
-        metrics = reward_metrics(batch)
-        t2 = time.perf_counter()
-        if self.cfg.kl_coef:
-            batch.ref_logp = self.reference_logp(batch)
-            if self.cfg.kl_in == "reward":
-                with torch.no_grad():
-                    mb = rc.optim.micro_batch_size
-                    batch.old_logp = torch.cat(
-                        [
-                            score_tokens(self.policy, m, self.sampling.temperature).logp
-                            for m in batch.microbatches(mb)
-                        ]
-                    )
-                kl = kl_penalty(batch.old_logp, batch.ref_logp, self.cfg.kl_estimator)
-                batch.rewards, kl_metrics = kl_in_reward(
-                    batch.rewards, kl, batch.response_mask, self.cfg.kl_coef
-                )
-                metrics.update(kl_metrics)
-        metrics.update(self.compute_advantages(batch))
-        t3 = time.perf_counter()
-        metrics.update(
-            accumulate_and_step(
-                self.policy,
-                self.optimizer,
-                self.scheduler,
-                batch,
-                self.loss,
-                rc.optim.micro_batch_size,
-                rc.optim.max_grad_norm,
-            )
-        )
-        t4 = time.perf_counter()
-        metrics.update(phase_times(t0, t1, t2, t3, t4))
-        self.last_batch = batch
-        return metrics
+        return LossOutput(total, metrics, scores)

@@ -1,5 +1,6 @@
-"""Policy Split: a normal and a high-entropy mode of one policy (arXiv 2604.11510; seed 003,
-METHODS.md §4). One set of weights; the mode is chosen by the prompt (policy_split_modes).
+"""Policy Split: a normal and a high-entropy mode of one policy (arXiv 2604.11510;
+docs/policy_split.md). One set of weights; the mode is chosen by the prompt
+(policy_split_modes).
 
 One step, for N prompts and n = `n_per_mode` (default rollout.group_size / 2):
   1. one batched decode samples n responses per prompt in each mode (2n per prompt, as many
@@ -25,50 +26,42 @@ pi_old: rho = pi(y|s,q) / pi(y|q) would be far from 1 and the clip would zero mo
 shared responses' signal; the paper recomputes log-probs under the training mode's prompt.
 
 Cost: the update runs the forward and backward over 2x GRPO's rows (each response under both
-prompts); no extra scoring pass: the normal-prompt part runs first and its detached
-log-probs are the (1 - alpha) term of the high-entropy part, whose microbatches hold whole
-groups (optim.micro_batch_size is rounded down to a multiple of 2n, at least 2n).
+prompts); no extra scoring pass: the update is two passes into one optimizer step, the
+normal-prompt pairings first, whose detached log-probs are handed to the high-entropy pass
+as the (1 - alpha) term. Microbatches hold whole groups (optim.micro_batch_size is rounded
+down to a multiple of 2n, at least 2n), since the token z-score is per group.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
 
-from tandemrl.algos import (
-    ADVANTAGES,
-    POLICY_LOSSES,
-    LossNormalizer,
-    kl_loss,
-    policy_split_token_advantages,
-)
+from tandemrl.algos import LossNormalizer, policy_split_token_advantages
 from tandemrl.errors import ConfigError
 from tandemrl.methods import register_method
-from tandemrl.methods.base import (
-    GroupObjective,
-    accumulate_and_step,
-    phase_times,
-    reward_metrics,
-    score_rewards,
-)
+from tandemrl.methods.base import StepState
 from tandemrl.methods.grpo import GRPO
+from tandemrl.methods.objective import GroupObjective
 from tandemrl.methods.policy_split_modes import (
     DEFAULT_HIGH_ENTROPY_PROMPT,
     HIGH_ENTROPY,
     MODES,
     NORMAL,
     EntropyGuard,
+    ModeRows,
+    PairingRows,
     mode_metrics,
     mode_transform,
     pairings,
     trim_left_padding,
 )
-from tandemrl.rollout import RolloutBatch, generate, score_tokens
-from tandemrl.tasks import Example
+from tandemrl.methods.rewards import reward_metrics
+from tandemrl.rollout import RolloutBatch, TokenScores, score_tokens
+from tandemrl.runtime import distributed as dist
+from tandemrl.runtime.update import Accumulated, LossOutput
 
 
 @dataclass
@@ -88,9 +81,18 @@ class PolicySplitConfig(GroupObjective):
     eta_floor: float = 0.003  # the guard never lowers eta below this
 
 
+@dataclass
+class SplitStep(StepState):
+    pairings: RolloutBatch | None = None  # every response under each mode's prompt
+    eta: float = 0.0  # the token-term scale this step uses
+    scores: dict[str, TokenScores] | None = None  # [B_full, T] under each mode's prompt
+    ref_logp: dict[str, torch.Tensor] | None = None  # likewise, the reference's
+
+
 @register_method("policy_split")
 class PolicySplit(GRPO):
     Config = PolicySplitConfig
+    State = SplitStep
     eval_modes: ClassVar[tuple[str, ...]] = MODES
     default_mode: ClassVar[str] = NORMAL
 
@@ -132,9 +134,9 @@ class PolicySplit(GRPO):
         cfg = config.method_config
         return mode_transform(mode, cfg.system_prompt, cfg.system_role, tokenizer)
 
-    def __init__(self, run):
-        super().__init__(run)
-        cfg, rc = self.cfg, run.config
+    def setup(self) -> None:
+        super().setup()
+        cfg, rc = self.cfg, self.config
         self.n = self.per_mode(rc)
         group = 2 * self.n
         self.micro_size = max(group, rc.optim.micro_batch_size // group * group)
@@ -147,165 +149,151 @@ class PolicySplit(GRPO):
             cfg.entropy_guard,
         )  # fmt: skip
 
-    # -- rollout ------------------------------------------------------------------------------
-    def rollout(self, step: int, examples: list[Example]) -> RolloutBatch:
+    # -- hooks --------------------------------------------------------------------------------
+    def rollout(self, step: int, examples) -> RolloutBatch:
         """n responses per prompt in each mode, one decode: rows [normal | high-entropy]."""
-        rc, n_ex = self.run.config, len(examples)
+        n_ex = len(examples)
         messages = [self.transforms[m](ex.messages) for m in MODES for ex in examples]
-        batch = generate(
-            self.policy,
-            self.tokenizer,
-            messages,
-            self.n,
-            self.sampling,
-            seed=self.rollout_seed(step),
-            batch_size=rc.rollout.generation_batch_size,
-        )
+        batch = self.sample(step, messages, self.n)
         source = batch.group_ids.clone()
-        batch.extras["high_entropy"] = source >= n_ex
+        batch.per_row = ModeRows(high_entropy=source >= n_ex)
         batch.group_ids = source % n_ex
         batch.example_index = [i % n_ex for i in batch.example_index]
-        # Each example's prompt in each mode, padded alike: row (m * N + i) * n of the decode.
-        first = torch.arange(2 * n_ex) * self.n
-        self.prompts = {
-            m: (batch.prompt_ids[first[k * n_ex : (k + 1) * n_ex]],
-                batch.prompt_mask[first[k * n_ex : (k + 1) * n_ex]])
-            for k, m in enumerate(MODES)
-        }  # fmt: skip
         return batch
 
-    def training_batch(self, full: RolloutBatch) -> RolloutBatch:
-        """The four pairings with the pooled-group advantage A_i and the loss mask."""
-        res = ADVANTAGES.get(self.cfg.advantage)(
-            full.rewards, full.group_ids, **self.cfg.advantage_options
-        )
+    def score(self, state: SplitStep) -> dict[str, float]:
+        super().score(state)
+        full = state.batch
+        # Unprefixed keys describe the served (normal) mode, as for single-mode methods.
+        return reward_metrics(full.select((~full.per_row.high_entropy).nonzero().squeeze(-1)))
+
+    def prepare(self, state: SplitStep) -> dict[str, float]:
+        """The four pairings, and the reference's log-probs of them when kl_coef > 0."""
+        state.pairings = pairings(state.batch)
+        if self.cfg.kl_coef:
+            state.pairings.ref_logp = self.reference_logp(state.pairings)
+            state.ref_logp = self.per_prompt_mode(state.pairings, state.pairings.ref_logp)
+        return {}
+
+    def advantages(self, state: SplitStep) -> dict[str, float]:
+        """A_i over the pooled 2n responses of a prompt, shared by both modes' pairings (the
+        token term is added per microbatch, where the log-probs are)."""
+        full, train = state.batch, state.pairings
+        res = self.cfg.group_advantages(full.rewards, full.group_ids)
         full.advantages = res.advantages.float()
         full.loss_mask = full.response_mask * res.keep.unsqueeze(-1).to(full.response_mask.dtype)
-        self.advantage_metrics = res.metrics
-        return pairings(full, self.prompts)
+        rows = train.per_row.row
+        train.advantages, train.loss_mask = full.advantages[rows], full.loss_mask[rows]
+        state.eta = self.eta
+        return dict(res.metrics)
 
-    # -- loss ---------------------------------------------------------------------------------
-    def token_advantages(self, micro: RolloutBatch, logp: torch.Tensor) -> torch.Tensor:
-        """[B, T] advantages of a microbatch of whole groups; `logp` = its detached log-probs
-        under its own prompts. High-entropy rows need the normal-prompt log-probs of the same
-        responses in `self.normal_logp` (filled by the earlier normal-prompt microbatches)."""
+    def update(self, state: SplitStep) -> dict[str, float]:
+        normal, high = self.backward_passes(state)
+        result = self.update_engine.step(["policy"])["policy"]
+        merged = normal.merge(high)
+        return {**merged.metrics, "loss": merged.loss, **result}
+
+    def backward_passes(self, state: SplitStep) -> tuple[Accumulated, Accumulated]:
+        """The update's forward and backward, in two passes into one gradient: the
+        normal-prompt pairings, then the high-entropy-prompt pairings with the normal pass's
+        log-probs of the same responses (row i of each part is the same response). Fills
+        `state.scores`."""
+        train, engine = state.pairings, self.update_engine
+        normalizer = dist.global_normalizer(train.train_mask)
+        high = train.per_row.prompt_high
+        parts = {NORMAL: train.select((~high).nonzero().squeeze(-1)),
+                 HIGH_ENTROPY: train.select(high.nonzero().squeeze(-1))}  # fmt: skip
+        loss = lambda micro, norm: self.loss(micro, norm, state)  # noqa: E731
+        normal = engine.accumulate("policy", parts[NORMAL], loss, self.micro_size, normalizer)
+        parts[HIGH_ENTROPY].per_row.normal_logp = normal.scores.logp
+        high_pass = engine.accumulate(
+            "policy", parts[HIGH_ENTROPY], loss, self.micro_size, normalizer
+        )
+        state.scores = {
+            mode: self.per_prompt_mode_scores(parts[mode], acc.scores)
+            for mode, acc in ((NORMAL, normal), (HIGH_ENTROPY, high_pass))
+        }
+        return normal, high_pass
+
+    def finish(self, state: SplitStep) -> dict[str, float]:
+        """Per-mode metrics, and the entropy guard's eta for the next step."""
         cfg = self.cfg
-        high = micro.extras["prompt_high"]
+        metrics = mode_metrics(state.batch, state.scores, state.ref_logp, cfg.kl_estimator)
+        self.eta, triggered = self.guard.update(
+            state.eta, metrics["normal/entropy/mean"], metrics["high_entropy/entropy/mean"]
+        )
+        metrics.update(
+            {
+                "policy_split/eta": state.eta,
+                "policy_split/guard_triggered": float(triggered),
+                "policy_split/guard_triggers": float(self.guard.triggers),
+                "entropy/mean": metrics["normal/entropy/mean"],
+            }
+        )
+        if "normal/kl" in metrics:
+            metrics["kl"] = metrics["normal/kl"]
+        return metrics
+
+    # -- the loss -----------------------------------------------------------------------------
+    def token_advantages(
+        self, micro: RolloutBatch, logp: torch.Tensor, eta: float
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """[B, T] advantages of a microbatch of whole groups under one prompt mode; `logp` =
+        its detached log-probs. The high-entropy mode's term reads the normal-prompt
+        log-probs of the same responses (`per_row.normal_logp`)."""
+        cfg, rows = self.cfg, micro.per_row
         adv = micro.advantages.unsqueeze(-1).expand_as(logp).clone() * micro.response_mask
-        mask = micro.train_mask
-        if high.any() and self.eta:
-            other = self.normal_logp[micro.extras["row"][high]]
-            if torch.isnan(other[mask[high] > 0]).any():
-                raise RuntimeError("policy_split: a high-entropy row came before its normal row")
-            adv[high], term = policy_split_token_advantages(
-                micro.advantages[high], -logp[high], -other, mask[high], micro.group_ids[high],
-                alpha=cfg.alpha, eta=self.eta, kappa=cfg.kappa,
+        mask, groups = micro.train_mask, micro.group_ids
+        if bool(rows.prompt_high.any()):
+            if rows.normal_logp is None:
+                raise RuntimeError("policy_split: the high-entropy pass needs the normal pass's")
+            if not eta:
+                return adv, {}
+            return policy_split_token_advantages(
+                micro.advantages, -logp, -rows.normal_logp, mask, groups,
+                alpha=cfg.alpha, eta=eta, kappa=cfg.kappa,
             )  # fmt: skip
-            weight = float(mask[high].sum())
-            for key, value in term.items():
-                self.term_sums[key] = self.term_sums.get(key, 0.0) + value * weight
-            self.term_sums["_tokens"] = self.term_sums.get("_tokens", 0.0) + weight
-        if (~high).any() and cfg.normal_eta:
-            own = -logp[~high]
-            adv[~high], _ = policy_split_token_advantages(
-                micro.advantages[~high], own, own, mask[~high], micro.group_ids[~high],
+        if cfg.normal_eta:
+            own = -logp
+            adv, _ = policy_split_token_advantages(
+                micro.advantages, own, own, mask, groups,
                 alpha=1.0, eta=cfg.normal_eta, kappa=cfg.kappa,
             )  # fmt: skip
-        return adv
+        return adv, {}
 
-    def begin_update(self, full: RolloutBatch) -> None:
-        """Empty the per-step buffers the microbatches fill: log-probs and entropies of every
-        response under each prompt ([B_full, T], NaN = not scored yet) and term metrics."""
-        shape = full.response_ids.shape
-        self.scored_logp = {m: torch.full(shape, math.nan) for m in MODES}
-        self.scored_entropy = {m: torch.full(shape, math.nan) for m in MODES}
-        self.normal_logp = self.scored_logp[NORMAL]
-        self.term_sums: dict[str, float] = {}
-
-    def micro_advantages(self, micro: RolloutBatch, scores) -> torch.Tensor:
-        """Record a microbatch's (detached) scores in the buffers, return its [B, T]
-        advantages."""
-        logp = scores.logp.detach()
-        high, rows = micro.extras["prompt_high"], micro.extras["row"]
-        for mode, sel in ((NORMAL, ~high), (HIGH_ENTROPY, high)):
-            self.scored_logp[mode][rows[sel]] = logp[sel]
-            self.scored_entropy[mode][rows[sel]] = scores.entropy[sel]
-        return self.token_advantages(micro, logp)
-
-    def loss(self, micro: RolloutBatch, normalizer: LossNormalizer):
+    def loss(self, micro: RolloutBatch, normalizer: LossNormalizer, state: SplitStep) -> LossOutput:
         cfg = self.cfg
         micro = trim_left_padding(micro)
         scores = score_tokens(self.policy, micro, self.sampling.temperature, with_entropy=True)
         logp = scores.logp.detach()
-        adv = self.micro_advantages(micro, scores)
+        adv, term_metrics = self.token_advantages(micro, logp, state.eta)
         # pi_old = the pre-update policy under THIS row's (training) prompt: ratio 1 in value.
-        policy = POLICY_LOSSES.get(cfg.loss)(
-            scores.logp, logp, adv, micro.train_mask,
-            clip_low=cfg.clip_low, clip_high=cfg.clip_high,
-            aggregation=cfg.aggregation, normalizer=normalizer,
-        )  # fmt: skip
-        total, metrics = policy.loss, dict(policy.metrics)
+        policy = cfg.policy_loss(scores.logp, logp, adv, micro.train_mask, normalizer)
+        total, metrics = policy.loss, {**policy.metrics, **term_metrics}
         if cfg.kl_coef:
-            kl = kl_loss(
-                scores.logp, micro.ref_logp, micro.train_mask, coef=cfg.kl_coef,
-                kind=cfg.kl_estimator, aggregation=cfg.aggregation, normalizer=normalizer,
-            )  # fmt: skip
+            kl = cfg.kl_term(scores.logp, micro.ref_logp, micro.train_mask, cfg.kl_coef, normalizer)
             total = total + kl.loss
             metrics.update(kl.metrics)
-        return total, metrics
-
-    # -- the step -----------------------------------------------------------------------------
-    def step(self, step: int, examples: list[Example]) -> dict[str, float]:
-        rc, cfg = self.run.config, self.cfg
-        t0 = time.perf_counter()
-        full = self.rollout(step, examples)
-        t1 = time.perf_counter()
-        score_rewards(self.run.task, examples, full)
-        train = self.training_batch(full)
-        t2 = time.perf_counter()
-        ref = None
-        if cfg.kl_coef:
-            train.ref_logp = self.reference_logp(train)
-            ref = self.per_prompt_mode(train, train.ref_logp)
-        self.begin_update(full)
-        eta_used = self.eta
-        t3 = time.perf_counter()
-        update = accumulate_and_step(
-            self.policy, self.optimizer, self.scheduler, train, self.loss,
-            self.micro_size, rc.optim.max_grad_norm,
-        )  # fmt: skip
-        t4 = time.perf_counter()
-        # Unprefixed keys describe the served (normal) mode, as for single-mode methods.
-        metrics = reward_metrics(full.select((~full.extras["high_entropy"]).nonzero().squeeze(-1)))
-        metrics.update(self.advantage_metrics)
-        metrics.update(update)
-        tokens = self.term_sums.pop("_tokens", 0.0)
-        metrics.update({k: v / tokens for k, v in self.term_sums.items()})
-        metrics.update(
-            mode_metrics(full, self.scored_logp, self.scored_entropy, ref, cfg.kl_estimator)
-        )
-        self.eta, triggered = self.guard.update(
-            eta_used, metrics["normal/entropy/mean"], metrics["high_entropy/entropy/mean"]
-        )
-        metrics.update({"policy_split/eta": eta_used, "policy_split/guard_triggered": float(
-            triggered), "policy_split/guard_triggers": float(self.guard.triggers)})  # fmt: skip
-        metrics["entropy/mean"] = metrics["normal/entropy/mean"]
-        if "normal/kl" in metrics:
-            metrics["kl"] = metrics["normal/kl"]
-        metrics.update(phase_times(t0, t1, t2, t3, t4))
-        self.last_batch, self.last_full = train, full
-        return metrics
+        return LossOutput(total, metrics, scores)
 
     @staticmethod
     def per_prompt_mode(train: RolloutBatch, values: torch.Tensor) -> dict[str, torch.Tensor]:
         """[2B, T] values over the pairings -> {mode: [B, T]} indexed like the full batch."""
         out = {}
         for mode, high in ((NORMAL, False), (HIGH_ENTROPY, True)):
-            sel = train.extras["prompt_high"] == high
+            sel = train.per_row.prompt_high == high
             part = torch.empty_like(values[sel])
-            part[train.extras["row"][sel]] = values[sel]
+            part[train.per_row.row[sel]] = values[sel]
             out[mode] = part
         return out
+
+    @staticmethod
+    def per_prompt_mode_scores(part: RolloutBatch, scores: TokenScores) -> TokenScores:
+        """One mode's pass scores, re-indexed like the full batch."""
+        rows = part.per_row.row
+        logp, entropy = torch.empty_like(scores.logp), torch.empty_like(scores.entropy)
+        logp[rows], entropy[rows] = scores.logp, scores.entropy
+        return TokenScores(logp, entropy)
 
     # -- checkpointing ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -322,4 +310,4 @@ class PolicySplit(GRPO):
             self.guard.load_state_dict(own)
 
 
-__all__ = ["PolicySplit", "PolicySplitConfig"]
+__all__ = ["PairingRows", "PolicySplit", "PolicySplitConfig"]

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
-from tandemrl.algos import distinct_answers, group_distinct_n, kl_penalty, masked_mean
-from tandemrl.methods.base import reward_metrics
-from tandemrl.rollout import RolloutBatch
-from tandemrl.tasks.extraction import answer_key
+from tandemrl.algos import kl_penalty, masked_mean
+from tandemrl.methods.diversity import group_diversity
+from tandemrl.methods.rewards import reward_metrics
+from tandemrl.rollout import RolloutBatch, TokenScores
 
 NORMAL, HIGH_ENTROPY = "normal", "high_entropy"
 MODES = (NORMAL, HIGH_ENTROPY)
@@ -79,31 +79,45 @@ def mode_transform(
     return lambda messages: high_entropy_messages(messages, instruction, use_system)
 
 
-def pairings(
-    full: RolloutBatch, prompts: dict[str, tuple[torch.Tensor, torch.Tensor]]
-) -> RolloutBatch:
+@dataclass
+class ModeRows:
+    """Per row of the rollout: whether the response was sampled in high-entropy mode."""
+
+    high_entropy: torch.Tensor  # [B] bool
+
+
+@dataclass
+class PairingRows:
+    """Per row of the pairings batch (`pairings`)."""
+
+    prompt_high: torch.Tensor  # [2B] bool: scored under the high-entropy prompt
+    row: torch.Tensor  # [2B] the response's row in the rollout
+    # [2B, T] the same response's log-probs under the normal prompt, filled by the update's
+    # normal pass for the high-entropy pass (the (1 - alpha) surprisal term)
+    normal_logp: torch.Tensor | None = None
+
+
+def pairings(full: RolloutBatch) -> RolloutBatch:
     """Every response of `full` under each mode's prompt: 2 x len(full) rows.
 
-    `full.extras["high_entropy"]` [B] marks the responses sampled in high-entropy mode;
-    `prompts[mode]` = (ids, mask) [N, P] of each example's prompt in that mode, indexed by
-    group id. Rows are [normal-prompt part | high-entropy-prompt part]; within a part, group by
-    group: its normal responses, then its high-entropy ones. So the 2n rows of a group are
-    contiguous (the token z-score of the high-entropy advantage is per group) and every
-    normal-prompt row precedes the high-entropy-prompt rows (whose advantage reads the
-    normal-prompt log-probs). extras: `prompt_high` [2B] which prompt, `row` index into `full`.
+    `full.per_row.high_entropy` [B] marks the responses sampled in high-entropy mode; a
+    group's prompt in a mode is the prompt of its responses sampled in that mode. Rows are
+    [normal-prompt part | high-entropy-prompt part]; within a part, group by group: its
+    normal responses, then its high-entropy ones. So the 2n rows of a group are contiguous
+    (the token z-score of the high-entropy advantage is per group) and row i of each part is
+    the same response.
     """
-    he = full.extras["high_entropy"]
+    he = full.per_row.high_entropy
     order = sorted(range(len(full)), key=lambda i: (int(full.group_ids[i]), bool(he[i]), i))
     both = full.select(order + order)
-    groups = both.group_ids
     prompt_high = torch.arange(len(both)) >= len(order)
-    for mode, high in ((NORMAL, False), (HIGH_ENTROPY, True)):
-        ids, mask = prompts[mode]
-        rows = prompt_high == high
-        both.prompt_ids[rows] = ids[groups[rows]]
-        both.prompt_mask[rows] = mask[groups[rows]]
-    both.extras["prompt_high"] = prompt_high
-    both.extras["row"] = torch.tensor(order + order)
+    for high in (False, True):
+        source = {int(g): i for i, g in enumerate(full.group_ids.tolist()) if bool(he[i]) == high}
+        rows = (prompt_high == high).nonzero().squeeze(-1)
+        src = torch.tensor([source[int(both.group_ids[r])] for r in rows])
+        both.prompt_ids[rows] = full.prompt_ids[src]
+        both.prompt_mask[rows] = full.prompt_mask[src]
+    both.per_row = PairingRows(prompt_high=prompt_high, row=torch.tensor(order + order))
     return both
 
 
@@ -172,33 +186,28 @@ class EntropyGuard:
 
 def mode_metrics(
     full: RolloutBatch,
-    logp: dict[str, torch.Tensor],
-    entropy: dict[str, torch.Tensor],
+    scores: dict[str, TokenScores],
     ref_logp: dict[str, torch.Tensor] | None,
     kl_estimator: str,
 ) -> dict[str, float]:
     """`<mode>/...` metrics over each mode's own responses scored under its own prompt
-    (logp/entropy/ref_logp: [B_full, T] per prompt mode), plus the split between the modes."""
+    (scores/ref_logp: [B_full, T] per prompt mode), plus the split between the modes."""
     out: dict[str, float] = {}
-    he = full.extras["high_entropy"]
+    he = full.per_row.high_entropy
     for mode, own in ((NORMAL, ~he), (HIGH_ENTROPY, he)):
         rows = own.nonzero().squeeze(-1)
         batch = full.select(rows)
         prefix = f"{mode}/"
         out.update(reward_metrics(batch, prefix))
         mask = batch.response_mask
-        out[f"{prefix}entropy/mean"] = masked_mean(entropy[mode][rows], mask).item()
+        out[f"{prefix}entropy/mean"] = masked_mean(scores[mode].entropy[rows], mask).item()
         if ref_logp is not None:
-            kl = kl_penalty(logp[mode][rows], ref_logp[mode][rows], kl_estimator)
+            kl = kl_penalty(scores[mode].logp[rows], ref_logp[mode][rows], kl_estimator)
             out[f"{prefix}kl"] = masked_mean(kl, mask).item()
-        seqs = batch.response_token_lists()
-        answers = [answer_key(c) for c in batch.completions]
-        out[f"{prefix}diversity/distinct_answers"] = distinct_answers(answers, batch.group_ids)
-        out[f"{prefix}diversity/distinct_1"] = group_distinct_n(seqs, batch.group_ids, 1)
-        out[f"{prefix}diversity/distinct_2"] = group_distinct_n(seqs, batch.group_ids, 2)
+        out.update(group_diversity(batch, prefix))
     # k1 estimate of KL(pi(.|s,q) || pi(.|q)) on the high-entropy mode's own samples: how far
     # the system prompt moves the policy.
     rows = he.nonzero().squeeze(-1)
-    gap = logp[HIGH_ENTROPY][rows] - logp[NORMAL][rows]
+    gap = scores[HIGH_ENTROPY].logp[rows] - scores[NORMAL].logp[rows]
     out["policy_split/mode_kl"] = masked_mean(gap, full.response_mask[rows]).item()
     return out

@@ -3,12 +3,13 @@ Ziegler et al., arXiv 1909.08593, and InstructGPT, arXiv 2203.02155).
 
 One step, for N prompts x G samples (G = 1 is fine: the critic is the baseline):
   1. sample with the policy, score with the task's rewards (NaN = abstain: the row is dropped);
-  2. per-token rewards r_t = -kl_coef * KL_t (policy vs reference, `kl_in=reward`) on every
-     response token, plus the task reward on the last one;
-  3. values V_t from the critic, before any update; GAE (`algos.gae`, γ = `gamma`,
-     λ = `lam`) gives advantages A_t and returns R_t = A_t + V_t; A is whitened over the
-     batch's tokens (`whiten_advantages`);
-  4. `ppo_epochs` passes over the batch cut into `minibatches` shuffled parts, each one AdamW
+  2. (prepare) old and reference log-probs, and values V_t from the critic, before any
+     update;
+  3. (advantages) per-token rewards r_t = -kl_coef * KL_t (policy vs reference,
+     `kl_in=reward`) on every response token, plus the task reward on the last one; GAE
+     (`algos.gae`, γ = `gamma`, λ = `lam`) gives advantages A_t and returns R_t = A_t + V_t;
+     A is whitened over the batch's tokens (`whiten_advantages`);
+  4. (update) `ppo_epochs` passes over the batch cut into `minibatches` shuffled parts, each one AdamW
      update of the policy (clipped surrogate, `algos.clipped_policy_loss`) and one of the
      critic (clipped value loss, `algos.clipped_value_loss`) with its own lr `critic_lr`.
 
@@ -24,7 +25,6 @@ policy); the KL reference is then a frozen copy, as in GRPO.
 from __future__ import annotations
 
 import contextlib
-import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from tandemrl.algos import (
+    LossNormalizer,
     clipped_value_loss,
     explained_variance,
     gae,
@@ -42,20 +43,14 @@ from tandemrl.algos import (
 )
 from tandemrl.errors import ConfigError
 from tandemrl.methods import register_method
-from tandemrl.methods.base import (
-    ClippedObjective,
-    accumulate_and_step,
-    build_scheduler,
-    phase_times,
-    reward_metrics,
-    score_rewards,
-)
+from tandemrl.methods.base import StepState
 from tandemrl.methods.grpo import GRPO
+from tandemrl.methods.objective import ClippedObjective
 from tandemrl.models import LoadedModel
 from tandemrl.models.adapters import activate_adapter, adapter_parameters, apply_lora_adapters
-from tandemrl.rollout import RolloutBatch, score_tokens
+from tandemrl.rollout import RolloutBatch
 from tandemrl.rollout.logprobs import states_before_responses
-from tandemrl.tasks import Example
+from tandemrl.runtime.update import LossOutput, ParamGroup
 
 POLICY, CRITIC = "policy", "critic"
 
@@ -91,9 +86,24 @@ class ValueHead(nn.Module):
         return self.linear(hidden.float()).squeeze(-1)
 
 
+@dataclass
+class PPORows:
+    """Per row: the critic's values before the update and the GAE returns [B, T]."""
+
+    old_values: torch.Tensor
+    returns: torch.Tensor
+
+
+@dataclass
+class PPOStep(StepState):
+    values: torch.Tensor | None = None  # [B, T] V_t before any update
+    mask: torch.Tensor | None = None  # [B, T] response tokens of rows with a reward
+
+
 @register_method("ppo")
 class PPO(GRPO):
     Config = PPOConfig
+    State = PPOStep
     default_policy = POLICY  # the adapter `tandem eval` / `tandem export` serve
 
     @classmethod
@@ -121,34 +131,32 @@ class PPO(GRPO):
             if not ok:
                 raise ConfigError(message)
 
-    def __init__(self, run):
-        super().__init__(run)
-        rc, cfg = run.config, self.cfg
-        updates = rc.steps * cfg.ppo_epochs * cfg.minibatches
-        # Schedules count optimizer updates (ppo_epochs x minibatches per step).
-        self.scheduler = build_scheduler(self.optimizer, rc.optim, updates)
-        hidden = run.loaded.model.config.hidden_size
-        self.value_head = ValueHead(hidden, cfg.value_head_init_std)
-        critic = list(self.value_head.parameters())
-        if self.uses_lora():
-            critic += list(adapter_parameters(self.policy, CRITIC).values())
-        # A view of the critic's parameters for `accumulate_and_step` (no copies).
-        self.critic = nn.ParameterList(critic)
-        opt = run.config.optim
-        self.critic_optimizer = torch.optim.AdamW(
-            critic, lr=cfg.critic_lr, betas=(opt.beta1, opt.beta2), weight_decay=opt.weight_decay
-        )
-        self.critic_scheduler = build_scheduler(self.critic_optimizer, opt, updates)
-
     def build_policy(self, loaded: LoadedModel) -> nn.Module:
-        lora = self.run.config.lora
-        if loaded.pretrained if lora.enabled == "auto" else bool(lora.enabled):
-            return apply_lora_adapters(loaded.model, lora, [POLICY, CRITIC])
+        if self.uses_lora_config():
+            return apply_lora_adapters(loaded.model, self.config.lora, [POLICY, CRITIC])
         loaded.model.requires_grad_(True)
         return loaded.model
 
-    def uses_lora(self) -> bool:
-        return hasattr(self.policy, "peft_config")
+    def setup(self) -> None:
+        super().setup()
+        hidden = self.run.loaded.model.config.hidden_size
+        self.value_head = ValueHead(hidden, self.cfg.value_head_init_std)
+
+    def updates_per_step(self) -> int:
+        return self.cfg.ppo_epochs * self.cfg.minibatches
+
+    def param_groups(self) -> list[ParamGroup]:
+        total = self.config.steps * self.updates_per_step()
+        critic = list(self.value_head.parameters())
+        if self.uses_lora():
+            policy = list(adapter_parameters(self.policy, POLICY).values())
+            critic += list(adapter_parameters(self.policy, CRITIC).values())
+        else:
+            policy = list(self.policy.parameters())
+        return [
+            ParamGroup(POLICY, policy, self.config.optim.lr, total),
+            ParamGroup(CRITIC, critic, self.cfg.critic_lr, total),
+        ]
 
     def _use(self, adapter: str, trainable: bool) -> None:
         if self.uses_lora():
@@ -184,115 +192,100 @@ class PPO(GRPO):
         with contextlib.nullcontext() if grad else torch.no_grad():
             return self.value_head(hidden)
 
-    def critic_loss(self, micro: RolloutBatch, normalizer):
+    def critic_loss(self, micro: RolloutBatch, normalizer: LossNormalizer) -> LossOutput:
+        rows: PPORows = micro.per_row
         result = clipped_value_loss(
             self.values(micro, grad=True),
-            micro.extras["old_values"],
-            micro.extras["returns"],
+            rows.old_values,
+            rows.returns,
             micro.train_mask,
             clip=self.cfg.value_clip,
             aggregation=self.cfg.aggregation,
             normalizer=normalizer,
         )
-        return result.loss, result.metrics
+        return LossOutput(result.loss, result.metrics)
 
-    # -- the step ------------------------------------------------------------------------------
-    @torch.no_grad()
-    def _policy_logp(self, batch: RolloutBatch) -> torch.Tensor:
-        mb = self.run.config.optim.micro_batch_size
-        temp = self.sampling.temperature
-        return torch.cat([score_tokens(self.policy, m, temp).logp for m in batch.microbatches(mb)])
+    # -- hooks ---------------------------------------------------------------------------------
+    def rollout(self, step: int, examples) -> RolloutBatch:
+        self._use(POLICY, trainable=True)
+        return super().rollout(step, examples)
 
-    def prepare(self, batch: RolloutBatch) -> dict[str, float]:
-        """Old log-probs, reference log-probs, values, per-token rewards, GAE: everything the
-        updates need, computed once before any update."""
-        cfg, mb = self.cfg, self.run.config.optim.micro_batch_size
+    def prepare(self, state: PPOStep) -> dict[str, float]:
+        """Old log-probs, reference log-probs and values: computed once before any update."""
+        cfg, batch, mb = self.cfg, state.batch, self.config.optim.micro_batch_size
         valid = ~torch.isnan(batch.rewards)
-        mask = batch.response_mask * valid.unsqueeze(-1).to(batch.response_mask.dtype)
-        batch.loss_mask = mask
-        metrics: dict[str, float] = {"ppo/dropped_frac": 1.0 - valid.float().mean().item()}
-        several_updates = cfg.ppo_epochs * cfg.minibatches > 1
-        kl_reward = cfg.kl_coef > 0 and cfg.kl_in == "reward"
-        if several_updates or kl_reward:
-            batch.old_logp = self._policy_logp(batch)
+        state.mask = batch.response_mask * valid.unsqueeze(-1).to(batch.response_mask.dtype)
+        batch.loss_mask = state.mask
+        several_updates = self.updates_per_step() > 1
+        if several_updates or self.kl_in_reward():
+            batch.old_logp = self.score_no_grad(batch).logp
         if cfg.kl_coef:
             batch.ref_logp = self.reference_logp(batch)
-        old_values = torch.cat([self.values(m, grad=False) for m in batch.microbatches(mb)])
+        state.values = torch.cat([self.values(m, grad=False) for m in batch.microbatches(mb)])
         self._use(POLICY, trainable=True)
-        kl = torch.zeros_like(old_values)
-        if kl_reward:
+        return {"ppo/dropped_frac": 1.0 - valid.float().mean().item()}
+
+    def kl_in_reward(self) -> bool:
+        return self.cfg.kl_coef > 0 and self.cfg.kl_in == "reward"
+
+    def advantages(self, state: PPOStep) -> dict[str, float]:
+        """Per-token rewards (task reward + KL penalty) and GAE over the critic's values."""
+        cfg, batch, mask, values = self.cfg, state.batch, state.mask, state.values
+        metrics: dict[str, float] = {}
+        kl = torch.zeros_like(values)
+        if self.kl_in_reward():
             kl = kl_penalty(batch.old_logp, batch.ref_logp, cfg.kl_estimator)
-        coef = cfg.kl_coef if kl_reward else 0.0
+        coef = cfg.kl_coef if self.kl_in_reward() else 0.0
         token_rewards, kl_metrics = kl_in_reward(
             torch.nan_to_num(batch.rewards), kl, mask, coef, token_level=True
         )
-        if kl_reward:
+        if self.kl_in_reward():
             metrics.update(kl_metrics)
-        adv, returns = gae(token_rewards, old_values, mask, cfg.gamma, cfg.lam)
+        adv, returns = gae(token_rewards, values, mask, cfg.gamma, cfg.lam)
         metrics.update(
             {
                 "advantage/mean": masked_mean(adv, mask).item(),
                 "advantage/abs_mean": masked_mean(adv.abs(), mask).item(),
                 "returns/mean": masked_mean(returns, mask).item(),
-                "value/old_mean": masked_mean(old_values, mask).item(),
-                "value/explained_variance": explained_variance(old_values, returns, mask),
+                "value/old_mean": masked_mean(values, mask).item(),
+                "value/explained_variance": explained_variance(values, returns, mask),
             }
         )
         batch.advantages = masked_whiten(adv, mask) if cfg.whiten_advantages else adv
-        batch.extras["old_values"], batch.extras["returns"] = old_values, returns
+        batch.per_row = PPORows(old_values=values, returns=returns)
         return metrics
 
-    def step(self, step: int, examples: list[Example]) -> dict[str, float]:
-        rc, cfg = self.run.config, self.cfg
-        t0 = time.perf_counter()
-        self._use(POLICY, trainable=True)
-        batch = self.rollout(step, examples)
-        t1 = time.perf_counter()
-        score_rewards(self.run.task, examples, batch)
-        metrics = reward_metrics(batch)
-        t2 = time.perf_counter()
-        metrics.update(self.prepare(batch))
-        t3 = time.perf_counter()
-        gen = torch.Generator().manual_seed(rc.seed * 1_000_003 + step)
+    def update(self, state: PPOStep) -> dict[str, float]:
+        """`ppo_epochs` x `minibatches` updates of the policy, each followed by one of the
+        critic (which then reads the updated trunk when it shares the policy's)."""
+        cfg, batch, mb = self.cfg, state.batch, self.config.optim.micro_batch_size
+        engine = self.update_engine
+        gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + state.step)
         updates: list[dict[str, float]] = []
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(len(batch), generator=gen)
             for rows in order.tensor_split(cfg.minibatches):
                 part = batch.select(rows.sort().values)
                 self._use(POLICY, trainable=True)
-                out = accumulate_and_step(
-                    self.policy, self.optimizer, self.scheduler, part, self.loss,
-                    rc.optim.micro_batch_size, rc.optim.max_grad_norm,
-                )  # fmt: skip
-                critic = accumulate_and_step(
-                    self.critic, self.critic_optimizer, self.critic_scheduler, part,
-                    self.critic_loss, rc.optim.micro_batch_size, rc.optim.max_grad_norm,
-                )  # fmt: skip
-                for key in ("loss", "grad_norm", "lr", "update_skipped"):
-                    out[f"critic/{key}"] = critic.pop(key)
-                updates.append({**out, **critic})
+                policy = engine.accumulate(POLICY, part, lambda m, n: self.loss(m, n, state), mb)
+                out = {**policy.metrics, "loss": policy.loss, **engine.step([POLICY])[POLICY]}
+                critic = engine.accumulate(CRITIC, part, self.critic_loss, mb)
+                out.update(critic.metrics)
+                out["critic/loss"] = critic.loss
+                for key, value in engine.step([CRITIC])[CRITIC].items():
+                    out[f"critic/{key}"] = value
+                updates.append(out)
         self._use(POLICY, trainable=True)
-        t4 = time.perf_counter()
         # Mean over this step's updates (one by default).
-        metrics.update({k: sum(u[k] for u in updates) / len(updates) for k in updates[0]})
-        metrics.update(phase_times(t0, t1, t2, t3, t4))
-        self.last_batch = batch
-        return metrics
+        return {k: sum(u[k] for u in updates) / len(updates) for k in updates[0]}
 
     # -- checkpointing -------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {
-            **super().state_dict(),
-            "value_head": self.value_head.state_dict(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-            "critic_scheduler": self.critic_scheduler.state_dict(),
-        }
+        return {**super().state_dict(), "value_head": self.value_head.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.value_head.load_state_dict(state["value_head"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.critic_scheduler.load_state_dict(state["critic_scheduler"])
 
 
 __all__ = ["PPO", "PPOConfig", "ValueHead"]

@@ -10,13 +10,15 @@ offline from a JSONL of (prompt, chosen, rejected) or online from the policy's o
 token log-prob, or the per-token mean with `average_logp` (IPO's default, as TRL runs it).
 Log-probs are those of the model itself (temperature 1), whatever the sampling temperature.
 
-One step:
-  offline (`source=offline`, `data=FILE`): the next `rollout.prompts_per_step` pairs of the file
-    in a seeded shuffled order (reshuffled each pass); the task only serves the evaluation.
-  online (`source=online`): sample `rollout.group_size` responses per prompt with the policy,
-    score them with the task's rewards, and take the best vs the worst response of each group
-    (`algos.best_worst_pairs`); groups with no reward gap give no pair and are counted.
-Then one AdamW update on the pairs (microbatches of `optim.micro_batch_size` sequences, the
+One step, filling the skeleton of `methods.base`:
+  offline (`source=offline`, `data=FILE`): `rollout` reads the next `rollout.prompts_per_step`
+    pairs of the file in a seeded shuffled order (reshuffled each pass); the task only serves
+    the evaluation.
+  online (`source=online`): `rollout` samples `rollout.group_size` responses per prompt with
+    the policy, `score` scores them with the task's rewards and takes the best vs the worst
+    response of each group (`algos.best_worst_pairs`); groups with no reward gap give no pair
+    and are counted.
+`prepare` scores the pairs under the reference; `update` makes one AdamW update on the pairs (microbatches of `optim.micro_batch_size` sequences, the
 loss divided by the step's pair count so microbatches sum to the full-batch loss).
 
 Reference: the policy with adapters off (LoRA), or a frozen copy of the starting model (full
@@ -25,9 +27,7 @@ fine-tuning), so the implicit rewards β log π/π_ref start at exactly 0.
 
 from __future__ import annotations
 
-import copy
 import random
-import time
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -36,11 +36,12 @@ import torch
 from tandemrl.algos import best_worst_pairs, dpo_loss, ipo_loss, rpo_sft_term, sequence_logps
 from tandemrl.errors import ConfigError
 from tandemrl.methods import register_method
-from tandemrl.methods.base import Method, accumulate_and_step, reward_metrics, score_rewards
+from tandemrl.methods.base import Method, StepState
 from tandemrl.methods.preference_data import PreferenceRow, load_preference_jsonl, pair_batch
-from tandemrl.models import reference_mode
-from tandemrl.rollout import RolloutBatch, score_tokens
-from tandemrl.tasks import Example
+from tandemrl.methods.reference import ReferencePolicy
+from tandemrl.methods.rewards import reward_metrics, score_rewards
+from tandemrl.rollout import RolloutBatch, TokenScores, score_tokens
+from tandemrl.runtime.update import LossOutput
 
 
 @dataclass
@@ -59,10 +60,23 @@ class IPOConfig(DPOConfig):
     average_logp: bool = True
 
 
+@dataclass
+class PairRows:
+    """Per row of the pairs batch [c_0, r_0, c_1, r_1, ...]: log π_ref(y) as configured."""
+
+    ref_logp: torch.Tensor  # [2P]
+
+
+@dataclass
+class PreferenceStep(StepState):
+    pairs: RolloutBatch | None = None  # chosen/rejected rows, interleaved
+
+
 class PreferenceMethod(Method):
     """The shared machinery; `loss_kind` picks the loss."""
 
     loss_kind: ClassVar[str] = "dpo"
+    State = PreferenceStep
 
     @classmethod
     def check_config(cls, config) -> None:
@@ -91,17 +105,67 @@ class PreferenceMethod(Method):
                 f"be >= 2, got {config.rollout.group_size}"
             )
 
-    def __init__(self, run):
-        super().__init__(run)
-        cfg = self.cfg
-        self.reference = None
-        if not self.uses_lora():
-            # Full fine-tuning has no adapter-free base to fall back on: keep a frozen copy.
-            self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
+    def setup(self) -> None:
+        self.reference = ReferencePolicy(self.policy)
         self.rows: list[PreferenceRow] = []
         self.position = 0
-        if cfg.source == "offline":
-            self.rows = load_preference_jsonl(cfg.data, key=f"{self.loss_kind}.data")
+        if self.cfg.source == "offline":
+            self.rows = load_preference_jsonl(self.cfg.data, key=f"{self.loss_kind}.data")
+
+    # -- hooks ----------------------------------------------------------------------------------
+    def rollout(self, step: int, examples) -> RolloutBatch:
+        if self.cfg.source == "online":
+            return super().rollout(step, examples)
+        return pair_batch(self.tokenizer, self.next_rows(self.config.rollout.prompts_per_step))
+
+    def score(self, state: PreferenceStep) -> dict[str, float]:
+        """Online: rewards, then the best vs the worst response of each group."""
+        if self.cfg.source == "offline":
+            state.pairs = state.batch
+            return {"pairs/skipped": 0.0, "pairs/used": float(len(state.pairs) // 2)}
+        batch = state.batch
+        score_rewards(self.run.task, state.examples, batch)
+        metrics = reward_metrics(batch)
+        pairs = best_worst_pairs(batch.rewards, batch.group_ids, self.cfg.min_gap)
+        gap = batch.rewards[pairs.chosen] - batch.rewards[pairs.rejected]
+        metrics["pairs/skipped"] = float(pairs.skipped)
+        metrics["pairs/reward_gap_mean"] = gap.mean().item() if gap.numel() else 0.0
+        state.pairs = batch.select(torch.stack([pairs.chosen, pairs.rejected], dim=1).flatten())
+        metrics["pairs/used"] = float(len(state.pairs) // 2)
+        return metrics
+
+    def prepare(self, state: PreferenceStep) -> dict[str, float]:
+        if len(state.pairs):
+            mb = self.config.optim.micro_batch_size
+            token_logp = self.reference.scores(state.pairs, 1.0, mb).logp
+            state.pairs.per_row = PairRows(self.sequence_logp(token_logp, state.pairs))
+        return {}
+
+    def update(self, state: PreferenceStep) -> dict[str, float]:
+        pairs, n_pairs = state.pairs, len(state.pairs) // 2
+        if n_pairs == 0:  # no group had a reward gap: nothing to prefer
+            lr = self.update_engine.lr("policy")
+            self.update_engine.advance_schedule(["policy"])
+            # Not a fault: `update_skipped` (which stops a run after a streak) stays 0.
+            return {"loss": float("nan"), "update_skipped": 0.0, "update_empty": 1.0, "lr": lr}
+        # An even microbatch size keeps each chosen/rejected pair together.
+        mb = self.config.optim.micro_batch_size
+        acc = self.update_engine.accumulate(
+            "policy", pairs, lambda micro, _: self.loss(micro, n_pairs), max(2, mb - mb % 2)
+        )
+        result = self.update_engine.step(["policy"])["policy"]
+        # Pair metrics over the whole step (the microbatches' are token-weighted): the policy
+        # log-probs are those before the update, so at step 1 every implicit reward is 0.
+        lengths = pairs.response_mask[0::2].sum(-1)
+        with torch.no_grad():
+            _, pair_metrics = self.pairs_loss(acc.scores.logp, pairs, n_pairs)
+        return {
+            **pair_metrics,
+            "loss": acc.loss,
+            **result,
+            "update_empty": 0.0,
+            "response/chosen_length_mean": lengths.float().mean().item(),
+        }
 
     # -- pairs ----------------------------------------------------------------------------------
     def next_rows(self, n: int) -> list[PreferenceRow]:
@@ -109,40 +173,39 @@ class PreferenceMethod(Method):
         for _ in range(n):
             epoch, idx = divmod(self.position, len(self.rows))
             order = list(range(len(self.rows)))
-            random.Random(self.run.config.seed * 7919 + epoch).shuffle(order)
+            random.Random(self.config.seed * 7919 + epoch).shuffle(order)
             out.append(self.rows[order[idx]])
             self.position += 1
         return out
 
-    def online_pairs(self, step: int, examples: list[Example]) -> tuple[RolloutBatch, dict]:
-        batch = self.rollout(step, examples)
-        score_rewards(self.run.task, examples, batch)
-        metrics = reward_metrics(batch)
-        pairs = best_worst_pairs(batch.rewards, batch.group_ids, self.cfg.min_gap)
-        gap = batch.rewards[pairs.chosen] - batch.rewards[pairs.rejected]
-        metrics["pairs/skipped"] = float(pairs.skipped)
-        metrics["pairs/reward_gap_mean"] = gap.mean().item() if gap.numel() else 0.0
-        rows = torch.stack([pairs.chosen, pairs.rejected], dim=1).flatten()
-        self.last_rollout = batch
-        return batch.select(rows), metrics
+    # -- the loss -------------------------------------------------------------------------------
+    def sequence_logp(self, token_logp: torch.Tensor, batch: RolloutBatch) -> torch.Tensor:
+        """log π(y) per row as configured: summed, or the per-token mean (`average_logp`)."""
+        return sequence_logps(token_logp, batch.response_mask, self.cfg.average_logp)
 
-    # -- scoring and the loss --------------------------------------------------------------------
-    def seq_logps(self, model, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log π(y) as configured, summed log π(y)) per row."""
-        logp = score_tokens(model, batch, 1.0).logp
-        mask = batch.response_mask
-        return sequence_logps(logp, mask, self.cfg.average_logp), sequence_logps(logp, mask)
+    def loss(self, micro: RolloutBatch, num_pairs: int) -> LossOutput:
+        # Log-probs of the model itself (temperature 1), whatever the sampling temperature.
+        scores = score_tokens(self.policy, micro, 1.0)
+        loss, metrics = self.pairs_loss(scores.logp, micro, num_pairs)
+        return LossOutput(loss, metrics, TokenScores(scores.logp, None))
 
-    @torch.no_grad()
-    def reference_logps(self, batch: RolloutBatch) -> torch.Tensor:
-        mb = self.run.config.optim.micro_batch_size
-        if self.reference is not None:
-            return torch.cat([self.seq_logps(self.reference, m)[0] for m in batch.microbatches(mb)])
-        with reference_mode(self.policy):
-            return torch.cat([self.seq_logps(self.policy, m)[0] for m in batch.microbatches(mb)])
+    def pairs_loss(
+        self, token_logp: torch.Tensor, pairs: RolloutBatch, num_pairs: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """`pair_loss` from the policy's token log-probs of a pairs batch."""
+        mask = pairs.response_mask
+        return self.pair_loss(
+            self.sequence_logp(token_logp, pairs),
+            pairs.per_row.ref_logp,
+            sequence_logps(token_logp, mask)[0::2],
+            mask[0::2].sum(-1),
+            num_pairs,
+        )
 
     def pair_loss(self, policy_logp, ref_logp, chosen_sum, chosen_len, num_pairs):
-        """The configured loss on pairs laid out [c_0, r_0, c_1, r_1, ...]."""
+        """The configured loss on pairs laid out [c_0, r_0, c_1, r_1, ...]: log π(y) and
+        log π_ref(y) per row as configured, the chosen rows' summed log-probs and lengths
+        (RPO's term), averaged over `num_pairs` (the step's, so microbatches add up)."""
         cfg = self.cfg
         args = (policy_logp[0::2], policy_logp[1::2], ref_logp[0::2], ref_logp[1::2])
         if self.loss_kind == "dpo":
@@ -155,63 +218,6 @@ class PreferenceMethod(Method):
             loss = loss + cfg.rpo_alpha * sft.sum() / num_pairs
             metrics[f"{self.loss_kind}/sft_nll"] = sft.detach().mean().item()
         return loss, metrics
-
-    # -- the step -------------------------------------------------------------------------------
-    def step(self, step: int, examples: list[Example]) -> dict[str, float]:
-        rc = self.run.config
-        t0 = time.perf_counter()
-        if self.cfg.source == "online":
-            pairs, metrics = self.online_pairs(step, examples)
-        else:
-            pairs = pair_batch(self.tokenizer, self.next_rows(rc.rollout.prompts_per_step))
-            metrics = {"pairs/skipped": 0.0}
-        n_pairs = len(pairs) // 2
-        metrics["pairs/used"] = float(n_pairs)
-        t1 = time.perf_counter()
-        if n_pairs == 0:  # no group had a reward gap: nothing to prefer
-            self.scheduler.step()
-            # Not a fault: `update_skipped` (which stops a run after a streak) stays 0.
-            metrics.update({"loss": float("nan"), "update_skipped": 0.0, "update_empty": 1.0})
-            metrics.update({"lr": self.scheduler.get_last_lr()[0], "time/generate_s": t1 - t0})
-            return metrics
-        pairs.extras["ref_logp"] = self.reference_logps(pairs)
-        t2 = time.perf_counter()
-        seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-        def loss_fn(micro: RolloutBatch, _normalizer):
-            logp, logp_sum = self.seq_logps(self.policy, micro)
-            seen.append((logp.detach(), logp_sum.detach()))
-            lengths = micro.response_mask[0::2].sum(-1)
-            return self.pair_loss(logp, micro.extras["ref_logp"], logp_sum[0::2], lengths, n_pairs)
-
-        # An even microbatch size keeps each chosen/rejected pair together.
-        micro = max(2, rc.optim.micro_batch_size - rc.optim.micro_batch_size % 2)
-        out = accumulate_and_step(
-            self.policy, self.optimizer, self.scheduler, pairs, loss_fn, micro,
-            rc.optim.max_grad_norm,
-        )  # fmt: skip
-        t3 = time.perf_counter()
-        # Pair metrics over the whole step (the microbatches' are token-weighted): the policy
-        # log-probs are those before the update, so at step 1 every implicit reward is 0.
-        logp, logp_sum = (torch.cat(parts) for parts in zip(*seen, strict=True))
-        with torch.no_grad():
-            lengths = pairs.response_mask[0::2].sum(-1)
-            _, pair_metrics = self.pair_loss(
-                logp, pairs.extras["ref_logp"], logp_sum[0::2], lengths, n_pairs
-            )
-        metrics.update(pair_metrics)
-        metrics.update({k: out[k] for k in ("loss", "grad_norm", "lr", "update_skipped")})
-        metrics["update_empty"] = 0.0
-        metrics.update(
-            {
-                "response/chosen_length_mean": lengths.float().mean().item(),
-                "time/generate_s": t1 - t0,
-                "time/logprob_s": t2 - t1,
-                "time/update_s": t3 - t2,
-            }
-        )
-        self.last_batch = pairs
-        return metrics
 
     # -- checkpointing ----------------------------------------------------------------------------
     def state_dict(self) -> dict:

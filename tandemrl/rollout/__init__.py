@@ -3,7 +3,7 @@
 from tandemrl.rollout.batch import RolloutBatch
 from tandemrl.rollout.engine import HFEngine, PolicySampler, RolloutEngine
 from tandemrl.rollout.generate import SamplingConfig, encode_prompts, generate
-from tandemrl.rollout.logprobs import TokenScores, score_tokens
+from tandemrl.rollout.logprobs import TokenScores, score_batch, score_tokens
 
 __all__ = [
     "HFEngine",
@@ -14,5 +14,6 @@ __all__ = [
     "TokenScores",
     "encode_prompts",
     "generate",
+    "score_batch",
     "score_tokens",
 ]

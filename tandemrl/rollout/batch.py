@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,8 +15,9 @@ class RolloutBatch:
 
     Layout: prompts are left-padded and responses right-padded, so `cat(prompt_ids,
     response_ids)` is a valid causal-LM input and the response occupies the last T columns.
-    Methods attach what they compute (rewards, advantages, old log-probs...) as fields or in
-    `extras`; later stages read them instead of recomputing.
+    Methods attach what they compute (rewards, advantages, old log-probs...) as fields; what
+    a method needs per row beyond them goes in `per_row`, a dataclass of its own whose [B, ...]
+    tensors `select` slices along with the rest (e.g. DuPO's sharing flags).
     """
 
     prompt_ids: torch.Tensor  # [B, P] left-padded
@@ -35,7 +37,8 @@ class RolloutBatch:
     # [B, T] tokens that enter the loss; None = response_mask. Filters (abstained rewards,
     # conflict filters, token selection) narrow it without touching the response itself.
     loss_mask: torch.Tensor | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    reward_errors: dict[str, int] = field(default_factory=dict)  # rows each reward failed on
+    per_row: Any = None  # a method's dataclass of [B, ...] tensors (see the class docstring)
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]
@@ -71,14 +74,21 @@ class RolloutBatch:
                 return [value[i] for i in rows]
             return value
 
+        per_row = self.per_row
+        if per_row is not None:
+            fields = dataclasses.fields(per_row)
+            per_row = dataclasses.replace(
+                per_row, **{f.name: pick(getattr(per_row, f.name)) for f in fields}
+            )
         return RolloutBatch(
             **{
                 name: pick(getattr(self, name))
                 for name in self.__dataclass_fields__
-                if name not in ("extras", "reward_names")
+                if name not in ("per_row", "reward_names", "reward_errors")
             },
             reward_names=list(self.reward_names),
-            extras={k: pick(v) for k, v in self.extras.items()},
+            reward_errors=dict(self.reward_errors),
+            per_row=per_row,
         )
 
     def microbatches(self, size: int) -> list[RolloutBatch]:

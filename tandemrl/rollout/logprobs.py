@@ -153,3 +153,27 @@ def score_tokens(
             probs = torch.softmax(logits, dim=-1)
             entropy = log_norm - (probs * logits).sum(-1)
     return TokenScores(logp=logp, entropy=entropy)
+
+
+@torch.no_grad()
+def score_batch(
+    model: nn.Module,
+    batch: RolloutBatch,
+    temperature: float,
+    micro_batch_size: int,
+    with_entropy: bool = False,
+) -> TokenScores:
+    """`score_tokens` without gradient, `micro_batch_size` rows per forward, concatenated:
+    old log-probs, reference log-probs, a frozen policy's scores. In eval mode (no dropout):
+    these are the scores of the policy itself, not of a noisy copy."""
+    was_training = model.training
+    model.eval()
+    try:
+        parts = [
+            score_tokens(model, micro, temperature, with_entropy=with_entropy)
+            for micro in batch.microbatches(micro_batch_size)
+        ]
+    finally:
+        model.train(was_training)
+    entropy = torch.cat([p.entropy for p in parts]) if with_entropy else None
+    return TokenScores(logp=torch.cat([p.logp for p in parts]), entropy=entropy)
