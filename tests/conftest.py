@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from tests.threads import one_torch_thread
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
@@ -18,3 +20,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def one_thread():
+    """`pytestmark = pytest.mark.usefixtures("one_thread")`: see tests/threads.py."""
+    with one_torch_thread():
+        yield

@@ -13,10 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 import tests.toy_task  # noqa: F401  (registers toy_letters and toy_case_rewards)
 from tandemrl.cli import main
+from tests.threads import one_torch_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -107,12 +106,8 @@ def stable_records(metrics_file: Path) -> list[dict]:
 
 def run(name: str, out_dir: Path) -> list[dict]:
     """Train golden config `name` into `out_dir` (one thread: float results depend on it)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         code = main(["train", *COMMON, *RUNS[name], f"output_dir={out_dir}"])
-    finally:
-        torch.set_num_threads(saved)
     if code != 0:
         raise RuntimeError(f"golden run {name} exited {code}")
     return stable_records(out_dir / "metrics.jsonl")

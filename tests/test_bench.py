@@ -68,30 +68,19 @@ def test_pool_takes_medians_over_repeats_without_warmup_and_the_largest_peak():
     assert p["peak_rss_mb"] == 1200.0
 
 
-def test_update_flops_full_finetune_is_6NT():
-    # 6 * (100 * 5 + 10 * 2) = 3120
+@pytest.mark.parametrize(
+    ("adapter_params", "base_trained", "expected"),
+    [
+        (0, True, 3120),  # full fine-tune, 6NT: 6 * (100 * 5 + 10 * 2)
+        (4, False, 2200),  # LoRA, 4NT + 6 per adapter token: 4 * 520 + 6 * 4 * 5
+    ],
+)
+def test_update_flops(adapter_params, base_trained, expected):
     flops = report.update_flops(
-        body_params=100,
-        head_params=10,
-        adapter_params=0,
-        tokens=5,
-        head_tokens=2,
-        base_trained=True,
-    )
-    assert flops == 3120
-
-
-def test_update_flops_lora_is_4NT_plus_6_adapter():
-    # 4 * (100 * 5 + 10 * 2) + 6 * 4 * 5 = 2080 + 120 = 2200
-    flops = report.update_flops(
-        body_params=100,
-        head_params=10,
-        adapter_params=4,
-        tokens=5,
-        head_tokens=2,
-        base_trained=False,
-    )
-    assert flops == 2200
+        body_params=100, head_params=10, adapter_params=adapter_params, tokens=5,
+        head_tokens=2, base_trained=base_trained,
+    )  # fmt: skip
+    assert flops == expected
 
 
 def test_generate_flops_is_one_forward_with_the_head_on_sampled_tokens():

@@ -3,19 +3,17 @@ fallback, alpha = 0 is GRPO, the combined gradient, dynamic sampling, state and 
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 import tests.toy_task  # noqa: F401  (registers toy_letters)
 from tandemrl.algos import LossNormalizer
-from tandemrl.cli import main
 from tandemrl.errors import ConfigError
 from tandemrl.loop import load_config
 from tandemrl.methods import RunContext, get_method_class
 from tandemrl.models import load_model
 from tandemrl.tasks import get_task
+from tests.runs import train_tiny
 
 
 def _method(overrides):
@@ -184,22 +182,10 @@ def test_bad_alpha_stops_early():
 
 
 def test_one_step_run_writes_the_documented_metrics(tmp_path):
-    out = tmp_path / "run"
-    args = [
-        "train",
-        "method=dipo",
-        "model=tiny",
-        "task=toy_letters",
-        "steps=2",
-        "eval.before=false",
-        "eval.after=false",
-        "rollout.prompts_per_step=2",
-        "rollout.max_new_tokens=6",
-        "log.progress=false",
-        f"output_dir={out}",
-    ]
-    assert main(args) == 0
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = train_tiny(
+        tmp_path / "run", "method=dipo", "task=toy_letters", "steps=2",
+        "rollout.prompts_per_step=2", "rollout.max_new_tokens=6",
+    )  # fmt: skip
     for rec in records:
         for key in (
             "threshold",

@@ -17,17 +17,12 @@ import torch.multiprocessing as mp
 
 from tandemrl.runtime import distributed as dist
 from tests import dist_worker
+from tests.threads import one_torch_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny matrices: one thread is fastest, and keeps a loaded CI machine from thrashing
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _free_port() -> int:
@@ -38,13 +33,9 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def one_and_two_processes(tmp_path_factory):
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)  # module-scoped: runs before the autouse fixture
-    try:
+    with one_torch_thread():  # module-scoped: runs before the one_thread fixture
         batches = {name: dist_worker.global_batch(name) for name in dist_worker.CONFIGS}
         single = {name: dist_worker.run_steps(name, b) for name, b in batches.items()}
-    finally:
-        torch.set_num_threads(saved)
     out = tmp_path_factory.mktemp("dist") / "rank0.pt"
     mp.spawn(dist_worker.rank_main, args=(2, _free_port(), batches, str(out)), nprocs=2, join=True)
     return single, torch.load(out, weights_only=False)

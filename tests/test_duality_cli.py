@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tandemrl.cli import main
+from tests.runs import train_tiny
 
 DUAL_METRICS = {
     "reward/duality/mean",
@@ -20,25 +21,10 @@ DUAL_METRICS = {
 
 def test_duality_reward_trains_with_grpo_and_logs_its_cost(tmp_path):
     out = tmp_path / "run"
-    code = main(
-        [
-            "train",
-            "method=grpo",
-            "model=tiny",
-            "task=arith2",
-            "reward=duality",
-            "steps=2",
-            "rollout.prompts_per_step=2",
-            "rollout.max_new_tokens=8",
-            "duality.max_new_tokens=4",
-            "eval.before=false",
-            "eval.after=false",
-            f"output_dir={out}",
-            "log.progress=false",
-        ]
-    )
-    assert code == 0
-    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = train_tiny(
+        out, "method=grpo", "task=arith2", "reward=duality", "steps=2",
+        "rollout.prompts_per_step=2", "rollout.max_new_tokens=8", "duality.max_new_tokens=4",
+    )  # fmt: skip
     assert len(lines) == 2
     for rec in lines:
         assert rec.keys() >= DUAL_METRICS

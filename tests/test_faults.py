@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 import tests.toy_task  # noqa: F401  (registers the toy_letters task)
 from tandemrl.algos import clipped_policy_loss
@@ -25,13 +24,7 @@ RUN = ["model=tiny", "task=toy_letters", "eval.before=false", "eval.after=false"
        "log.tensorboard=false"]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny matrices: one thread is fastest, and keeps a loaded CI machine from thrashing
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- non-finite updates ----------------------------------------------------------------------

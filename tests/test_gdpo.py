@@ -3,7 +3,6 @@ config checks, per-reward diagnostics, and one-step training runs."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -11,53 +10,12 @@ import torch
 
 from tandemrl.algos import grpo_advantages
 from tandemrl.algos.reward_stats import conflicts, multi_reward_stats, query_weights
-from tandemrl.cli import main
 from tandemrl.errors import ConfigError
 from tandemrl.loop import load_config
 from tandemrl.methods import RunContext, get_method_class
 from tandemrl.models import load_model
-from tandemrl.tasks import Example, RewardSpec, Task, get_task, register_task
-
-
-def _share(chars, completions):
-    return [sum(ch in chars for ch in c) / max(1, len(c)) for c in completions]
-
-
-def lower_share(prompts, completions, **_):
-    return _share("abcdefghijklmnopqrstuvwxyz", completions)
-
-
-def digit_share(prompts, completions, **_):
-    return _share("0123456789", completions)
-
-
-class TwoRewardTask(Task):
-    """Two rewards that pull apart: more lowercase letters leave room for fewer digits."""
-
-    name = "toy_two_rewards"
-    description = "rewards: share of lowercase letters (w 1.0), share of digits (w 0.2)"
-
-    def __init__(self, digit_weight: float = 0.2):
-        self.rewards = [RewardSpec("lower", lower_share, 1.0)]
-        if digit_weight:
-            self.rewards.append(RewardSpec("digit", digit_share, digit_weight))
-        self._train = [Example(f"t{i}", [{"role": "user", "content": f"w {i}"}]) for i in range(8)]
-        self._eval = [Example(f"e{i}", [{"role": "user", "content": f"o {i}"}]) for i in range(2)]
-
-    def train_examples(self):
-        return self._train
-
-    def eval_examples(self):
-        return self._eval
-
-    def score(self, example, completion):
-        share = lower_share([], [completion])[0]
-        return {"correct": float(share >= 0.5), "lower": share}
-
-
-@register_task("toy_two_rewards", replace=True)
-def toy_two_rewards(digit_weight: float = 0.2) -> Task:
-    return TwoRewardTask(digit_weight)
+from tandemrl.tasks import get_task
+from tests.runs import train_tiny
 
 
 def _method(overrides):
@@ -202,22 +160,10 @@ def test_bad_config_stops_early(overrides, fragment):
     [["method=gdpo", "gdpo.multi_reward=sum"], ["method=gdpo"], ["method=gd2po"]],
 )
 def test_one_step_run_writes_the_per_reward_metrics(tmp_path, method_args):
-    out = tmp_path / "run"
-    args = [
-        "train",
-        *method_args,
-        "model=tiny",
-        "task=toy_two_rewards",
-        "steps=1",
-        "eval.before=false",
-        "eval.after=false",
-        "rollout.prompts_per_step=2",
-        "rollout.max_new_tokens=6",
-        "log.progress=false",
-        f"output_dir={out}",
-    ]
-    assert main(args) == 0
-    (rec,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    (rec,) = train_tiny(
+        tmp_path / "run", *method_args, "task=toy_two_rewards", "steps=1",
+        "rollout.prompts_per_step=2", "rollout.max_new_tokens=6",
+    )  # fmt: skip
     for name in ("lower", "digit"):
         for stat in ("mean", "std", "zero_var_group_frac"):
             assert math.isfinite(rec[f"reward/{name}/{stat}"])

@@ -33,13 +33,7 @@ RUN = ["model=tiny", "task=toy_letters", "eval.before=false", "eval.after=false"
 STEPS = 6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny matrices: one thread is fastest, and keeps a loaded CI machine from thrashing
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _child(args: list[str], **extra_env: str) -> subprocess.Popen:

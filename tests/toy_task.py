@@ -1,23 +1,40 @@
-"""A task the tiny random model can learn in a few steps: write lowercase letters.
+"""Tasks the tiny random model can learn in a few steps: write characters of a kind.
 
 The untrained tiny model samples nearly uniformly over 259 byte tokens, so about 10% of its
-characters are lowercase letters: rewards vary within every group and GRPO has signal."""
+characters are lowercase letters: rewards vary within every group and GRPO has signal.
+  toy_letters       reward = share of lowercase letters
+  toy_case_rewards  lowercase (weight 1) and uppercase (weight 0.5) shares: two rewards that
+                    pull apart, so GDPO/GD²PO see conflicting per-reward advantages
+  toy_two_rewards   lower (weight 1) and digit (weight `digit_weight`) shares
+"""
 
 from __future__ import annotations
+
+import string
 
 from tandemrl.tasks import Example, RewardSpec, Task, register_task
 
 
-def share_lowercase(prompts, completions, **columns) -> list[float | None]:
-    return [sum("a" <= ch <= "z" for ch in c) / max(1, len(c)) for c in completions]
+def share_of(chars: str):
+    """A reward function: the share of a completion's characters that are in `chars`."""
+
+    def reward(prompts, completions, **columns) -> list[float | None]:
+        return [sum(ch in chars for ch in c) / max(1, len(c)) for c in completions]
+
+    return reward
+
+
+share_lowercase = share_of(string.ascii_lowercase)
 
 
 class LetterTask(Task):
     name = "toy_letters"
     description = "reward = share of lowercase ASCII letters in the completion"
 
-    def __init__(self, size: int = 16):
-        self.rewards = [RewardSpec("lowercase", share_lowercase)]
+    def __init__(self, size: int = 16, rewards: dict[str, tuple[str, float]] | None = None):
+        """`rewards`: name -> (characters it counts, weight); the first one decides `correct`."""
+        rewards = rewards or {"lowercase": (string.ascii_lowercase, 1.0)}
+        self.rewards = [RewardSpec(n, share_of(chars), w) for n, (chars, w) in rewards.items()]
         self._train = [
             Example(f"t{i}", [{"role": "user", "content": f"word {i}"}]) for i in range(size)
         ]
@@ -32,8 +49,9 @@ class LetterTask(Task):
         return self._eval
 
     def score(self, example, completion):
-        share = share_lowercase([], [completion])[0]
-        return {"correct": float(share >= 0.5), "lowercase": share}
+        first = self.rewards[0]
+        share = first.fn([], [completion])[0]
+        return {"correct": float(share >= 0.5), first.name: share}
 
 
 @register_task("toy_letters", replace=True)
@@ -41,25 +59,15 @@ def toy_letters(size: int = 16) -> Task:
     return LetterTask(size)
 
 
-def share_uppercase(prompts, completions, **columns) -> list[float | None]:
-    return [sum("A" <= ch <= "Z" for ch in c) / max(1, len(c)) for c in completions]
-
-
-class TwoRewardTask(LetterTask):
-    """Two named rewards that pull apart (lowercase vs uppercase share): the multi-reward
-    methods (GDPO, GD²PO) see conflicting per-reward advantages on the tiny model."""
-
-    name = "toy_case_rewards"
-    description = "rewards: share of lowercase and share of uppercase ASCII letters"
-
-    def __init__(self, size: int = 16):
-        super().__init__(size)
-        self.rewards = [
-            RewardSpec("lowercase", share_lowercase, 1.0),
-            RewardSpec("uppercase", share_uppercase, 0.5),
-        ]
-
-
 @register_task("toy_case_rewards", replace=True)
 def toy_case_rewards(size: int = 16) -> Task:
-    return TwoRewardTask(size)
+    cases = {"lowercase": (string.ascii_lowercase, 1.0), "uppercase": (string.ascii_uppercase, 0.5)}
+    return LetterTask(size, cases)
+
+
+@register_task("toy_two_rewards", replace=True)
+def toy_two_rewards(digit_weight: float = 0.2) -> Task:
+    rewards = {"lower": (string.ascii_lowercase, 1.0)}
+    if digit_weight:
+        rewards["digit"] = (string.digits, digit_weight)
+    return LetterTask(8, rewards)

@@ -10,7 +10,7 @@ from typing import Any
 
 from tandemrl.errors import ConfigError
 from tandemrl.loop.checkpoint import load_policy_weights, policy_adapters
-from tandemrl.loop.evaluate import evaluate, summary_line
+from tandemrl.loop.evaluate import evaluate_with_config, summary_line
 from tandemrl.loop.trainer import log
 from tandemrl.models import load_model
 from tandemrl.runtime.config import TrainConfig
@@ -80,18 +80,7 @@ def run_eval(
         method_cls = get_method_class(cfg.method)
         transform = method_cls.eval_prompt_transform(cfg, loaded.tokenizer, mode)
         examples = [dataclasses.replace(ex, messages=transform(ex.messages)) for ex in examples]
-    result = evaluate(
-        model,
-        loaded.tokenizer,
-        task,
-        examples,
-        max_new_tokens=cfg.rollout.max_new_tokens,
-        pass_k=cfg.eval.pass_k,
-        pass_temperature=cfg.eval.pass_temperature,
-        batch_size=cfg.eval.batch_size,
-        seed=cfg.seed,
-        progress=cfg.log.progress,
-    )
+    result = evaluate_with_config(model, loaded.tokenizer, task, examples, cfg)
     result["checkpoint"] = checkpoint
     result["policy"] = policy
     result["mode"] = mode

@@ -11,6 +11,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tandemrl.loop.diversity import sample_diversity
 from tandemrl.rollout import SamplingConfig, generate
+from tandemrl.runtime.config import TrainConfig
 from tandemrl.tasks import Example, Task
 
 
@@ -83,6 +84,30 @@ def evaluate(
         result.update(sample_diversity(sampled, pass_k, tokenizer))
     result["examples"] = records
     return result
+
+
+def evaluate_with_config(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    examples: Sequence[Example],
+    config: TrainConfig,
+    desc: str = "eval",
+) -> dict[str, Any]:
+    """`evaluate` with a run config's settings (`eval.*`, the rollout's token budget, seed)."""
+    return evaluate(
+        model,
+        tokenizer,
+        task,
+        examples,
+        max_new_tokens=config.rollout.max_new_tokens,
+        pass_k=config.eval.pass_k,
+        pass_temperature=config.eval.pass_temperature,
+        batch_size=config.eval.batch_size,
+        seed=config.seed,
+        progress=config.log.progress,
+        desc=desc,
+    )
 
 
 def _complete(

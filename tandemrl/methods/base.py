@@ -31,7 +31,14 @@ from torch import nn
 
 from tandemrl.methods.rewards import reward_metrics, score_rewards
 from tandemrl.models import LoadedModel, apply_lora
-from tandemrl.rollout import HFEngine, RolloutBatch, SamplingConfig, TokenScores, score_batch
+from tandemrl.rollout import (
+    HFEngine,
+    RolloutBatch,
+    SampleRequest,
+    SamplingConfig,
+    TokenScores,
+    score_batch,
+)
 from tandemrl.runtime import distributed as dist
 from tandemrl.runtime.config import TrainConfig
 from tandemrl.runtime.update import ParamGroup, UpdateEngine
@@ -224,14 +231,10 @@ class Method:
     ) -> RolloutBatch:
         """The one way a method generates: `num_samples` responses per prompt from the policy
         through the rollout engine, seeded by `rollout_seed(step)`."""
-        return self.rollout_engine.generate(
-            self.policy,
-            prompts,
-            num_samples,
-            self.sampling,
-            seed=self.rollout_seed(step),
-            adapter_names=adapter_names,
+        request = SampleRequest(
+            prompts, num_samples, self.sampling, self.rollout_seed(step), adapter_names
         )
+        return self.rollout_engine.generate(self.policy, request)
 
     def score_no_grad(self, batch: RolloutBatch, with_entropy: bool = False) -> TokenScores:
         """The policy's log-probs (and entropies) of `batch` without gradient, at the

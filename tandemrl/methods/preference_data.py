@@ -12,7 +12,6 @@ prompts are) or a list of chat messages `{"role": ..., "content": ...}`; `chosen
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from transformers import PreTrainedTokenizerBase
 from tandemrl.errors import ConfigError
 from tandemrl.rollout import RolloutBatch
 from tandemrl.rollout.generate import encode_prompts
+from tandemrl.tasks.jsonl import read_json_lines
 
 REQUIRED = ("prompt", "chosen", "rejected")
 
@@ -60,32 +60,24 @@ def load_preference_jsonl(path: str | Path, key: str = "dpo.data") -> list[Prefe
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"{key}: no such file {str(file)!r} (a JSONL of prompt/chosen/rejected)")
+    try:
+        objects = read_json_lines(file)
+    except ValueError as err:
+        raise ConfigError(f"{key}: {err}") from None
     rows: list[PreferenceRow] = []
-    with file.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{file}:{number}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"{key}: {where} is not valid JSON ({err.msg})") from None
-            if not isinstance(obj, dict):
-                raise ConfigError(f"{key}: {where} is not a JSON object")
-            missing = [c for c in REQUIRED if c not in obj]
-            if missing:
-                raise ConfigError(
-                    f"{key}: {where} has no {', '.join(repr(c) for c in missing)} "
-                    f"(every line needs {', '.join(REQUIRED)}; it has {sorted(obj)})"
-                )
-            for column in ("chosen", "rejected"):
-                if not isinstance(obj[column], str) or not obj[column]:
-                    raise ConfigError(f"{key}: {where}: {column!r} must be a non-empty string")
-            rows.append(
-                PreferenceRow(
-                    _messages(obj["prompt"], where), obj["chosen"], obj["rejected"], number
-                )
+    for number, obj in objects:
+        where = f"{file}:{number}"
+        missing = [c for c in REQUIRED if c not in obj]
+        if missing:
+            raise ConfigError(
+                f"{key}: {where} has no {', '.join(repr(c) for c in missing)} "
+                f"(every line needs {', '.join(REQUIRED)}; it has {sorted(obj)})"
             )
+        for column in ("chosen", "rejected"):
+            if not isinstance(obj[column], str) or not obj[column]:
+                raise ConfigError(f"{key}: {where}: {column!r} must be a non-empty string")
+        messages = _messages(obj["prompt"], where)
+        rows.append(PreferenceRow(messages, obj["chosen"], obj["rejected"], number))
     if not rows:
         raise ConfigError(
             f"{key}: {file} has no rows (expected JSON lines with {', '.join(REQUIRED)})"

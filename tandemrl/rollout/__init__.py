@@ -1,7 +1,7 @@
 """Generation and scoring of responses: one `RolloutBatch` flows through a training step."""
 
 from tandemrl.rollout.batch import RolloutBatch
-from tandemrl.rollout.engine import HFEngine, PolicySampler, RolloutEngine
+from tandemrl.rollout.engine import HFEngine, PolicySampler, RolloutEngine, SampleRequest
 from tandemrl.rollout.generate import SamplingConfig, encode_prompts, generate
 from tandemrl.rollout.logprobs import TokenScores, score_batch, score_tokens
 
@@ -10,6 +10,7 @@ __all__ = [
     "PolicySampler",
     "RolloutBatch",
     "RolloutEngine",
+    "SampleRequest",
     "SamplingConfig",
     "TokenScores",
     "encode_prompts",

@@ -1,15 +1,17 @@
-"""The one entry point for generation: a rollout engine turns chat prompts into a
+"""The one entry point for generation: a rollout engine turns a `SampleRequest` into a
 `RolloutBatch`, whatever does the decoding.
 
-Every method samples through `Method.sample` -> `engine.generate(...)`, evaluation and the
-policy-sampling rewards through `PolicySampler` over the same engine; a second engine (vLLM)
-implements the same two calls.
+Every method samples through `Method.sample` -> `engine.generate(model, request)`; the
+policy-sampling rewards through `PolicySampler` over the same engine. A second engine (vLLM)
+subclasses `RolloutEngine` and implements the same call.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -19,25 +21,28 @@ from tandemrl.rollout.generate import SamplingConfig, generate
 Messages = list[dict[str, str]]
 
 
-class RolloutEngine(Protocol):
-    name: str
+@dataclass
+class SampleRequest:
+    """`num_samples` responses to each chat prompt: row i*num_samples+j of the batch is
+    sample j of prompt i. `seed` fixes the draw; `adapter_names` (one per row) samples each
+    row from its own adapter of the model ("__base__": none)."""
 
-    def generate(
-        self,
-        model: nn.Module,
-        prompts: list[Messages],
-        num_samples: int,
-        sampling: SamplingConfig,
-        *,
-        seed: int | None = None,
-        adapter_names: list[str] | None = None,
-    ) -> RolloutBatch:
-        """`num_samples` responses per prompt; row i*num_samples+j is sample j of prompt i.
-        `adapter_names` (one per row) samples each row from its own adapter of `model`."""
-        ...
+    prompts: list[Messages]
+    num_samples: int
+    sampling: SamplingConfig
+    seed: int | None = None
+    adapter_names: list[str] | None = None
 
 
-class HFEngine:
+class RolloutEngine(ABC):
+    name: ClassVar[str]
+
+    @abstractmethod
+    def generate(self, model: nn.Module, request: SampleRequest) -> RolloutBatch:
+        """Sample `request` from `model`'s current weights."""
+
+
+class HFEngine(RolloutEngine):
     """Hugging Face `generate` on the training process's own module (`rollout.engine=hf`):
     it always samples from the live weights, so there is nothing to push after an update."""
 
@@ -47,31 +52,22 @@ class HFEngine:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
 
-    def generate(
-        self,
-        model: nn.Module,
-        prompts: list[Messages],
-        num_samples: int,
-        sampling: SamplingConfig,
-        *,
-        seed: int | None = None,
-        adapter_names: list[str] | None = None,
-    ) -> RolloutBatch:
+    def generate(self, model: nn.Module, request: SampleRequest) -> RolloutBatch:
         return generate(
             model,
             self.tokenizer,
-            prompts,
-            num_samples,
-            sampling,
-            seed=seed,
+            request.prompts,
+            request.num_samples,
+            request.sampling,
+            seed=request.seed,
             batch_size=self.batch_size,
-            adapter_names=adapter_names,
+            adapter_names=request.adapter_names,
         )
 
 
 class PolicySampler:
     """Completions as text from the current policy: the ``generate`` that rewards which sample
-    from the policy receive (``tasks.reward_sources.Generate``), and what evaluation uses.
+    from the policy receive (``tasks.reward_sources.Generate``).
 
     ``model()`` returns the module to sample from now (a method's ``eval_policy``, so updates
     and adapter switches are seen)."""
@@ -92,4 +88,5 @@ class PolicySampler:
         if not prompts:
             return []
         sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature)
-        return self.engine.generate(self.model(), prompts, n, sampling, seed=seed).completions
+        request = SampleRequest(prompts, n, sampling, seed=seed)
+        return self.engine.generate(self.model(), request).completions

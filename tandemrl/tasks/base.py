@@ -12,6 +12,7 @@ where each column is a list aligned with ``completions`` (taken from ``Example.c
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -107,3 +108,9 @@ class Task(ABC):
             example_prompt=example.messages,
             source=self.source,
         )
+
+
+def split_seed(task: str, split: str, seed: int) -> int:
+    """A 64-bit seed for generating `task`'s `split` from the user's `seed`: fixed across
+    machines and Python runs (unlike `hash`), and different for each task and split."""
+    return int.from_bytes(hashlib.sha256(f"{task}/{split}/{seed}".encode()).digest()[:8], "big")

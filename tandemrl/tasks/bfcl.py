@@ -204,6 +204,7 @@ _REWARDS = {
 }
 
 
+@register_task("bfcl")
 class BfclTask(Task):
     """BFCL questions with their function docs; rewards and eval from the AST-style check."""
 
@@ -294,30 +295,3 @@ class BfclTask(Task):
 
     def metric_names(self) -> list[str]:
         return ["correct", "exact_call", "format", "name", "args"]
-
-
-@register_task("bfcl")
-def bfcl(
-    *,
-    category: str | list[str] = "simple",
-    eval_size: int = 64,
-    train_size: int | None = None,
-    seed: int = 0,
-    style: str = "python",
-    few_shot: bool = True,
-    weights: dict[str, float] | None = None,
-    length_budget: int = 200,
-    data_dir: str | None = None,
-) -> Task:
-    """Function calling on BFCL's packaged data; see the module docstring for the options."""
-    return BfclTask(
-        category,
-        eval_size=eval_size,
-        train_size=train_size,
-        seed=seed,
-        style=style,
-        few_shot=few_shot,
-        weights=weights,
-        length_budget=length_budget,
-        data_dir=data_dir,
-    )

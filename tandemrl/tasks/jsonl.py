@@ -43,7 +43,7 @@ from tandemrl.tasks.base import Example, RewardSpec, Task
 from tandemrl.tasks.registry import TaskOptionError, check_options, register_task
 from tandemrl.tasks.rewards import load_reward_function, run_reward
 
-__all__ = ["JsonlTask", "read_rows"]
+__all__ = ["JsonlTask", "read_json_lines", "read_rows"]
 
 
 def _error(message: str) -> TaskOptionError:
@@ -61,6 +61,15 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
         except ImportError as err:
             raise _error("reading parquet needs pyarrow (pip install pyarrow)") from err
         return pq.read_table(file).to_pylist()
+    try:
+        return [row for _, row in read_json_lines(file)]
+    except ValueError as err:
+        raise _error(str(err)) from None
+
+
+def read_json_lines(file: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSONL file; a ValueError naming
+    `file:line` for a line that is not a JSON object."""
     rows = []
     with file.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
@@ -69,10 +78,10 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise _error(f"{file}:{number} is not valid JSON ({err.msg})") from err
+                raise ValueError(f"{file}:{number} is not valid JSON ({err.msg})") from None
             if not isinstance(row, dict):
-                raise _error(f"{file}:{number} is not a JSON object")
-            rows.append(row)
+                raise ValueError(f"{file}:{number} is not a JSON object")
+            rows.append((number, row))
     return rows
 
 
@@ -99,6 +108,7 @@ def _reward_specs(rewards: Any) -> list[RewardSpec]:
     return specs
 
 
+@register_task("jsonl")
 class JsonlTask(Task):
     """Prompts from a user file, rewards from user functions (see the module docstring)."""
 
@@ -107,8 +117,8 @@ class JsonlTask(Task):
 
     def __init__(
         self,
-        path: str,
-        rewards: Any,
+        path: str | None = None,
+        rewards: Any = None,
         *,
         eval_path: str | None = None,
         prompt_column: str = "prompt",
@@ -120,6 +130,10 @@ class JsonlTask(Task):
         correct_reward: str | None = None,
         correct_threshold: float = 1.0,
     ) -> None:
+        if path is None:
+            raise _error("set task_options.path to a .jsonl or .parquet file")
+        if rewards is None:
+            raise _error("set task_options.rewards, e.g. [my_pkg.rewards:correctness]")
         self.prompt_column, self.system_prompt, self.id_column = (
             prompt_column,
             system_prompt,
@@ -206,38 +220,3 @@ class JsonlTask(Task):
 
     def metric_names(self) -> list[str]:
         return ["correct", *(s.name for s in self.rewards), "reward_errors"]
-
-
-@register_task("jsonl")
-def jsonl(
-    *,
-    path: str | None = None,
-    rewards: Any = None,
-    eval_path: str | None = None,
-    prompt_column: str = "prompt",
-    system_prompt: str | None = None,
-    id_column: str | None = None,
-    eval_size: int = 64,
-    train_size: int | None = None,
-    seed: int = 0,
-    correct_reward: str | None = None,
-    correct_threshold: float = 1.0,
-) -> Task:
-    """A JSONL/parquet file of prompts with user reward functions; see the module docstring."""
-    if path is None:
-        raise _error("set task_options.path to a .jsonl or .parquet file")
-    if rewards is None:
-        raise _error("set task_options.rewards, e.g. [my_pkg.rewards:correctness]")
-    return JsonlTask(
-        path,
-        rewards,
-        eval_path=eval_path,
-        prompt_column=prompt_column,
-        system_prompt=system_prompt,
-        id_column=id_column,
-        eval_size=eval_size,
-        train_size=train_size,
-        seed=seed,
-        correct_reward=correct_reward,
-        correct_threshold=correct_threshold,
-    )

@@ -31,7 +31,6 @@ Rewards: ``ndcg`` (NDCG@10) and ``format``.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 import re
@@ -39,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tandemrl.tasks.base import Example, RewardSpec, Task, completion_text
+from tandemrl.tasks.base import Example, RewardSpec, Task, completion_text, split_seed
 from tandemrl.tasks.registry import TaskOptionError, check_options, register_task
 
 __all__ = ["RerankTask", "build_query", "mrr", "ndcg_at", "parse_ranking"]
@@ -180,10 +179,7 @@ def format_reward(prompts: list, completions: list, grades: list, **_: Any) -> l
 _REWARDS = {"ndcg": ndcg_reward, "format": format_reward}
 
 
-def _split_seed(split: str, seed: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"rerank/{split}/{seed}".encode()).digest()[:8], "big")
-
-
+@register_task("rerank")
 class RerankTask(Task):
     """Rank made-up passages for a question; graded relevance, NDCG@10 (module docstring)."""
 
@@ -220,12 +216,12 @@ class RerankTask(Task):
         check_options(self.name, weights, DEFAULT_WEIGHTS, kind="reward weight")
         self.rewards = [RewardSpec(k, _REWARDS[k], float(w)) for k, w in weights.items() if w]
         self.candidates = candidates
-        eval_rng = random.Random(_split_seed("eval", eval_seed))
+        eval_rng = random.Random(split_seed("rerank", "eval", eval_seed))
         self._eval = tuple(
             self._example("eval", i, build_query(eval_rng, candidates)) for i in range(eval_size)
         )
         held_out = {town for ex in self._eval for town in ex.columns["towns"]}
-        train_rng = random.Random(_split_seed("train", seed))
+        train_rng = random.Random(split_seed("rerank", "train", seed))
         train: list[Example] = []
         while len(train) < train_size:
             query = build_query(train_rng, candidates)
@@ -264,24 +260,3 @@ class RerankTask(Task):
 
     def metric_names(self) -> list[str]:
         return ["correct", "ndcg@10", "mrr", "format"]
-
-
-@register_task("rerank")
-def rerank(
-    *,
-    train_size: int = 2000,
-    eval_size: int = 64,
-    seed: int = 0,
-    eval_seed: int = 0,
-    candidates: int = 10,
-    weights: dict[str, float] | None = None,
-) -> Task:
-    """Passage reranking on generated town facts; see the module docstring for the options."""
-    return RerankTask(
-        train_size=train_size,
-        eval_size=eval_size,
-        seed=seed,
-        eval_seed=eval_seed,
-        candidates=candidates,
-        weights=weights,
-    )

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import hashlib
 import random
 import re
 import unicodedata
@@ -46,7 +45,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tandemrl.tasks.base import Example, RewardSpec, Task, completion_text
+from tandemrl.tasks.base import Example, RewardSpec, Task, completion_text, split_seed
 from tandemrl.tasks.registry import TaskOptionError, check_options, register_task
 
 __all__ = ["KINDS", "LANGUAGES", "TranslationTask", "extract_translation", "make_pair"]
@@ -136,12 +135,7 @@ def exact_reward(prompts: list, completions: list, reference: list, **_: Any) ->
 _REWARDS: dict[str, Callable[..., list]] = {"chrf": chrf_reward, "exact": exact_reward}
 
 
-def _split_seed(split: str, seed: int) -> int:
-    return int.from_bytes(
-        hashlib.sha256(f"translation/{split}/{seed}".encode()).digest()[:8], "big"
-    )
-
-
+@register_task("translation")
 class TranslationTask(Task):
     """English -> ``targets`` translation of numbers, dates and names (see module docstring)."""
 
@@ -180,7 +174,7 @@ class TranslationTask(Task):
         self._comet = _load_comet(comet_model) if comet_model else None
 
     def _draw(self, split: str, count: int, skip: set[str]) -> list[Example]:
-        rng = random.Random(_split_seed(split, self._seeds[split == "eval"]))
+        rng = random.Random(split_seed("translation", split, self._seeds[split == "eval"]))
         seen, out = set(skip), []
         for index in range(50 * count + 100):
             if len(out) == count:
@@ -252,28 +246,3 @@ def _load_comet(path: str) -> Any:
             "task 'translation': comet_model needs the unbabel-comet package"
         ) from err
     return load_from_checkpoint(path)
-
-
-@register_task("translation")
-def translation(
-    *,
-    targets: Sequence[str] = ("fr", "de", "es"),
-    kinds: Sequence[str] = KINDS,
-    train_size: int = 2000,
-    eval_size: int = 64,
-    seed: int = 0,
-    eval_seed: int = 0,
-    weights: dict[str, float] | None = None,
-    comet_model: str | None = None,
-) -> Task:
-    """English -> French/German/Spanish numbers, dates and names; see the module docstring."""
-    return TranslationTask(
-        targets=targets,
-        kinds=kinds,
-        train_size=train_size,
-        eval_size=eval_size,
-        seed=seed,
-        eval_seed=eval_seed,
-        weights=weights,
-        comet_model=comet_model,
-    )
