@@ -12,7 +12,7 @@ from tandemrl.algos import grpo_advantages
 from tandemrl.errors import ConfigError
 from tandemrl.loop import load_config
 from tandemrl.methods import RunContext, get_method_class
-from tandemrl.methods.dupo import SampledBy, TermNormalizers
+from tandemrl.methods.dual_policy import SampledBy, TermNormalizers
 from tandemrl.models import load_model
 from tandemrl.models.adapters import activate_adapter, adapter_parameters
 from tandemrl.rollout import score_tokens

@@ -120,14 +120,14 @@ def test_ctrl_c_on_dupo_then_resume_matches_the_uninterrupted_run(
     saved); after, the step is finished and logged first (step 3 is saved). Either way DuPO's
     state (two optimizers and schedules, the reward history behind the adaptive lr) resumes
     to the metrics of the uninterrupted run."""
-    from tandemrl.methods.dupo import DuPO
+    from tandemrl.methods.dual_policy import DualPolicy
 
     dupo = ["method=dupo", "lora.dropout=0.0", "dupo.schedule=simultaneous",
             "dupo.adaptive_window=1", "dupo.plot=false", "dupo.success_reward=0.0",
             "dupo.lr_explore=1e-2", "dupo.lr_exploit=1e-2", "steps=4"]  # fmt: skip
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     assert _train(ref, *dupo) == 0
-    real_step = DuPO.step
+    real_step = DualPolicy.step
 
     def interrupted(self, step, examples):
         if step == 2 and when == "before_update":
@@ -137,12 +137,12 @@ def test_ctrl_c_on_dupo_then_resume_matches_the_uninterrupted_run(
             os.kill(os.getpid(), signal.SIGINT)
         return out
 
-    monkeypatch.setattr(DuPO, "step", interrupted)
+    monkeypatch.setattr(DualPolicy, "step", interrupted)
     assert _train(cut, *dupo) == 130
     err = capsys.readouterr().err
     assert f"interrupted after step {saved}" in err and "resume=auto" in err
     assert len(_metrics(cut)) == saved
-    monkeypatch.setattr(DuPO, "step", real_step)
+    monkeypatch.setattr(DualPolicy, "step", real_step)
     assert _train(cut, *dupo, "resume=auto") == 0
     assert f"(step {saved} of 4)" in capsys.readouterr().err
     expected, got = _metrics(ref), _metrics(cut)

@@ -9,7 +9,7 @@ hashable answers; no tokenizer, no model. Groups are given by ``group_ids`` as e
   distinct_answers(a, groups)  = mean over groups of |{a_i : i in group}|   (a count >= 1)
   ngram_novelty(c, r)          = 1 - max_k J(ngrams(c_j), ngrams(r_k)) per candidate j, the
                                  nearest-neighbour Jaccard distance to the reference responses
-                                 of the same group (DuPO's explorer bonus, METHODS.md §1)
+                                 of the same group (the dual-policy explorer's bonus, docs/dupo.md)
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The maths of two interacting policies (DuPO, seed 000 / METHODS.md §1), as pure functions.
+"""The maths of two interacting policies (the dual-policy method, DuPO of seed 000; docs/dupo.md), as pure functions.
 
 The source blog names the interactions but gives no formulas; the ones below are ours and are
 what ``tandemrl.methods.dupo`` uses. Notation: E = exploration policy, X = exploitation policy,

@@ -1,5 +1,5 @@
 """How varied a step's responses are within each prompt's group (per-policy and per-mode
-metrics of DuPO and Policy Split)."""
+metrics of the dual-policy method and Policy Split)."""
 
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ def apply_lora_adapters(model: nn.Module, cfg: LoraConfig, names: list[str]) -> 
     initial weights (B = 0, the same random A), so every adapter starts as the base model.
 
     Identical initialisation keeps adapters comparable parameter by parameter: a gradient of
-    one adapter is then a meaningful direction for another (used by DuPO's gradient sharing).
+    one adapter is then a meaningful direction for another (used by the dual-policy method's gradient sharing).
     The first name is left active and trainable.
     """
     if len(set(names)) != len(names) or not names:

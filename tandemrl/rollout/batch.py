@@ -17,7 +17,7 @@ class RolloutBatch:
     response_ids)` is a valid causal-LM input and the response occupies the last T columns.
     Methods attach what they compute (rewards, advantages, old log-probs...) as fields; what
     a method needs per row beyond them goes in `per_row`, a dataclass of its own whose [B, ...]
-    tensors `select` slices along with the rest (e.g. DuPO's sharing flags).
+    tensors `select` slices along with the rest (e.g. the dual-policy method's sharing flags).
     """
 
     prompt_ids: torch.Tensor  # [B, P] left-padded

@@ -99,7 +99,8 @@ class TrainConfig:
     # "" = start fresh; "auto" = continue the newest valid checkpoint in output_dir (fresh if
     # none); a path = continue that checkpoint.
     resume: str = ""
-    # Where the rewards come from: "task" (its own) or "duality" (DuPO, tandemrl.tasks.duality_reward).
+    # Where the rewards come from: "task" (its own) or "duality" (the DuPO paper's duality reward,
+    # tandemrl.tasks.duality_reward).
     reward: str = "task"
     lora: LoraConfig = field(default_factory=LoraConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)

@@ -7,7 +7,7 @@ What each rank does, and why the result is the single-process update on the same
 - every rank holds the whole policy (same seed, then parameters broadcast from rank 0);
 - the step's N prompts are cut into contiguous shards of N / world_size (`shard`), and each
   rank samples all G responses of its own prompts, so a group never spans ranks and group
-  statistics (advantages, DuPO's sharing sets) need no communication;
+  statistics (advantages, the dual-policy sharing sets) need no communication;
 - loss denominators are global (`global_normalizer`: token and sequence counts summed over
   ranks), so rank r's loss is sum_{its tokens} l_t / N_global and the per-rank losses SUM to
   the single-process loss; hence gradients are all-reduced with SUM, not averaged

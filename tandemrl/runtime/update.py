@@ -10,7 +10,7 @@ same way everywhere:
   count, not each microbatch's; `algos.aggregation.LossNormalizer`);
 - reduction and clipping: `step(groups)` sums each group's gradients over ranks (each rank's
   loss already carries the global denominator, so SUM, not mean; `runtime.distributed`), lets
-  the method edit them (`before_clip`, e.g. DuPO's gradient sharing), then clips each group's
+  the method edit them (`before_clip`, e.g. the dual-policy method's gradient sharing), then clips each group's
   norm to `optim.max_grad_norm` (None: not clipped, norm still reported);
 - one skip rule: when any accumulated loss or any gradient norm of the groups stepped
   together is non-finite on any rank, no optimizer steps (`update_skipped` = 1) and every

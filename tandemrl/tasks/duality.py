@@ -1,4 +1,4 @@
-"""DuPO dual questions for maths problems: find the numbers, mask one, ask for it back.
+"""Dual questions for maths problems (the DuPO paper's duality reward, docs/duality.md): find the numbers, mask one, ask for it back.
 
 DuPO (He et al., "DuPO: Enabling Reliable LLM Self-Verification via Dual Preference
 Optimization", arXiv 2508.14460) rewards a response without a label. The input is split as

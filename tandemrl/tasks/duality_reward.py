@@ -1,4 +1,5 @@
-"""``reward=duality``: DuPO's label-free reward from a dual task, with any policy-gradient method.
+"""``reward=duality``: the DuPO paper's label-free reward from a dual task, with any method
+(docs/duality.md; unrelated to the dual-policy method, ``methods/dual_policy.py``).
 
 DuPO (arXiv 2508.14460) scores a response y to input x = x_k ⊕ x_u by how well the policy
 reconstructs the hidden part x_u from (y, x_k): r(y) = exp(−λ·d(x_u, x̂_u)).

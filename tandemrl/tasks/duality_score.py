@@ -1,4 +1,4 @@
-"""Scoring DuPO reconstructions: recovery, the unknown-component filter, rewards, reranking.
+"""Scoring the duality reward's reconstructions (the DuPO paper; not the dual-policy method): recovery, the unknown-component filter, rewards, reranking.
 
 DuPO (arXiv 2508.14460) turns the dual task into a reward. With a_i the final answer of
 candidate i, q a dual question of the problem (hidden number h_q) and x̂_{i,q,1..K} K

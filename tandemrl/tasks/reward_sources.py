@@ -1,7 +1,7 @@
 """Rewards that sample from the policy, and the ``reward=`` switch that installs them.
 
 Most rewards are plain ``f(prompts, completions, **columns)``. A few need the model being
-trained, e.g. the DuPO duality reward (``tandemrl.tasks.duality_reward``), which asks the policy to
+trained, e.g. the duality reward of the DuPO paper (``tandemrl.tasks.duality_reward``), which asks the policy to
 reconstruct part of the input from each response. Such a reward stays a plain callable and
 adds two optional methods, which the trainer calls on every reward of the task:
 

@@ -1,5 +1,7 @@
-"""Dual-policy DuPO (docs/dupo.md; not the duality reward, tasks/duality_reward.py). Two LoRA adapters, `explore` and
-`exploit`, on one frozen base; the KL reference is that base with adapters off. `exploit` is
+"""The dual-policy method (`method=dupo`: "Dual-Policy Optimization" as seed 000 describes it;
+docs/dupo.md). Not the DuPO paper's duality reward (`reward=duality`, tasks/duality_reward.py).
+
+Two LoRA adapters, `explore` and `exploit`, on one frozen base; the KL reference is that base with adapters off. `exploit` is
 the policy that is served (eval, `tandem eval`, export); `explore` looks for new strategies.
 
 One step, for N prompts (the same prompts for both policies: one input space):
@@ -58,7 +60,7 @@ from tandemrl.algos import (
 from tandemrl.errors import ConfigError
 from tandemrl.methods import register_method
 from tandemrl.methods.base import Method, StepState
-from tandemrl.methods.dupo_metrics import Interactions, step_metrics, write_plot
+from tandemrl.methods.dual_policy_metrics import Interactions, step_metrics, write_plot
 from tandemrl.methods.objective import GroupObjective
 from tandemrl.methods.reference import ReferencePolicy
 from tandemrl.models import LoadedModel
@@ -73,7 +75,7 @@ POLICIES = (EXPLORE, EXPLOIT)
 
 
 @dataclass
-class DuPOConfig(GroupObjective):
+class DualPolicyConfig(GroupObjective):
     schedule: Literal["alternating", "simultaneous"] = "alternating"
     alternating_interval: int = 100
     first_policy: Literal["explore", "exploit"] = "explore"
@@ -128,7 +130,7 @@ class TermNormalizers:
 
 
 @dataclass
-class DuPOStep(StepState):
+class DualPolicyStep(StepState):
     active: tuple[str, ...] = ()  # policies updated this step
     interactions: Interactions | None = None
     batches: dict[str, RolloutBatch] = field(default_factory=dict)  # per policy
@@ -140,9 +142,9 @@ class DuPOStep(StepState):
 
 
 @register_method("dupo")
-class DuPO(Method):
-    Config = DuPOConfig
-    State = DuPOStep
+class DualPolicy(Method):
+    Config = DualPolicyConfig
+    State = DualPolicyStep
     default_policy = EXPLOIT
 
     @classmethod
@@ -234,11 +236,11 @@ class DuPO(Method):
         batch.per_row = SampledBy(explore=torch.tensor([name == EXPLORE for _, name in order]))
         return batch
 
-    def score(self, state: DuPOStep) -> dict[str, float]:
+    def score(self, state: DualPolicyStep) -> dict[str, float]:
         super().score(state)
         return {}  # per-policy reward metrics come with the rest in `finish`
 
-    def prepare(self, state: DuPOStep) -> dict[str, float]:
+    def prepare(self, state: DualPolicyStep) -> dict[str, float]:
         state.active = self.active_policies(state.step)
         if self.cfg.kl_coef:
             mb = self.config.optim.micro_batch_size
@@ -247,13 +249,13 @@ class DuPO(Method):
             ).logp
         return {}
 
-    def advantages(self, state: DuPOStep) -> dict[str, float]:
+    def advantages(self, state: DualPolicyStep) -> dict[str, float]:
         """Training rewards, sharing sets and each policy's batch with its advantages."""
         state.interactions = self.interactions(state.batch)
         state.batches = {p: self.policy_batch(state.batch, p, state.interactions) for p in POLICIES}
         return {}
 
-    def update(self, state: DuPOStep) -> dict[str, float]:
+    def update(self, state: DualPolicyStep) -> dict[str, float]:
         """Each active policy's loss (explorer first: its log-probs are the behaviour
         log-probs of the rows it shares), gradient sharing, then one step of both."""
         cfg, full, active = self.cfg, state.batch, state.active
@@ -295,7 +297,7 @@ class DuPO(Method):
         metrics["loss"] = sum(metrics.get(f"{p}/loss", 0.0) for p in POLICIES)
         return metrics
 
-    def finish(self, state: DuPOStep) -> dict[str, float]:
+    def finish(self, state: DualPolicyStep) -> dict[str, float]:
         """Both policies' metrics; the reward/diversity plot after the last step."""
         cfg = self.cfg
         metrics = step_metrics(state, cfg, self.share_weights)

@@ -1,4 +1,4 @@
-"""Per-policy metrics for DuPO: reward, entropy, KL, diversity, sharing and cross-policy reward.
+"""Per-policy metrics of the dual-policy method (DuPO, docs/dupo.md): reward, entropy, KL, diversity, sharing and cross-policy reward.
 
 Every metric of policy P is logged as `P/<name>` (`explore/reward/mean`, `exploit/kl`, ...),
 computed over P's own samples of the step, so the two policies are comparable line by line.
@@ -20,7 +20,7 @@ from tandemrl.rollout import RolloutBatch
 @dataclass
 class Interactions:
     """What the two policies' samples do for each other in a step, per rollout row, from task
-    rewards alone (`DuPO.interactions`)."""
+    rewards alone (`DualPolicy.interactions`)."""
 
     explore: torch.Tensor  # [B] sampled by the explorer
     give_e: torch.Tensor  # [B] explorer samples eligible to join the exploiter's group (S_E)
@@ -63,8 +63,8 @@ def policy_metrics(
 
 def step_metrics(state, cfg, share_weights: Callable) -> dict[str, float]:
     """Both policies' metrics, sharing statistics, and unprefixed keys for the served one.
-    `state` is the step's `DuPOStep`; `share_weights(logp, rows)` the exploiter's token
-    weights on shared rows (`DuPO.share_weights`)."""
+    `state` is the step's `DualPolicyStep`; `share_weights(logp, rows)` the exploiter's token
+    weights on shared rows (`DualPolicy.share_weights`)."""
     full, inter, active = state.batch, state.interactions, state.active
     out: dict[str, float] = {}
     for p in ("explore", "exploit"):
@@ -102,7 +102,7 @@ def write_plot(history: list[dict[str, float]], path, policies: tuple[str, ...])
     """The reward/diversity plot; returns an error message instead of raising (a missing
     matplotlib must not fail a finished run)."""
     try:
-        from tandemrl.methods.dupo_plots import plot_policies
+        from tandemrl.methods.dual_policy_plots import plot_policies
 
         plot_policies(history, path, policies)
     except Exception as err:  # noqa: BLE001 - reported to the user, the run is done anyway

@@ -1,6 +1,7 @@
-"""Plots of per-policy metrics over steps (DuPO's `explore/...` vs `exploit/...`).
+"""Plots of per-policy metrics over steps (the dual-policy method's
+`explore/...` vs `exploit/...`).
 
-    python -m tandemrl.methods.dupo_plots runs/a            # writes runs/a/policies.png
+    python -m tandemrl.methods.dual_policy_plots runs/a            # writes runs/a/policies.png
 
 reads `metrics.jsonl` and draws, for each policy prefix, task reward and diversity per step.
 """
@@ -59,7 +60,7 @@ def plot_policies(
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m tandemrl.methods.dupo_plots RUN_DIR", file=sys.stderr)
+        print("usage: python -m tandemrl.methods.dual_policy_plots RUN_DIR", file=sys.stderr)
         return 2
     run = Path(args[0])
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
