@@ -66,9 +66,3 @@ def group_stats(values: Tensor, group_ids: Tensor, *, unbiased: bool = True) -> 
         out = [t.squeeze(-1) for t in out]
     return GroupStats(*out)
 
-
-def group_sum(values: Tensor, group_ids: Tensor) -> Tensor:
-    """Sum of ``values`` [B] within each group, broadcast back to [B]."""
-    inverse, num_groups = group_index(group_ids)
-    sums = values.new_zeros(num_groups).index_add_(0, inverse, values)
-    return sums[inverse]
