@@ -65,4 +65,3 @@ def group_stats(values: Tensor, group_ids: Tensor, *, unbiased: bool = True) -> 
     if squeeze:
         out = [t.squeeze(-1) for t in out]
     return GroupStats(*out)
-

@@ -38,9 +38,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data = deep_merge(data, parse_overrides(overrides or []))
     method_name = data.get("method", TrainConfig.method)
     method_cls = get_method_class(method_name)
-    section = data.pop(method_name, {}) or {}
+    # A registered method's section is its name; an imported `module:Class` uses Class.name.
+    section_name = method_cls.name if ":" in str(method_name) else method_name
+    section = data.pop(section_name, {}) or {}
     cfg = from_dict(TrainConfig, data)
-    cfg.method_config = from_dict(method_cls.Config, section, path=method_name)
+    cfg._method_section = section_name
+    cfg.method_config = from_dict(method_cls.Config, section, path=section_name)
     validate(cfg)
     method_cls.check_config(cfg)
     return cfg

@@ -113,10 +113,16 @@ class TrainConfig:
     # The selected method's section (e.g. the `grpo:` mapping), typed by the method.
     method_config: Any = None
 
+    @property
+    def method_section(self) -> str:
+        """The key of the method's own section: the method's registered name (a method given
+        as `module:Class` names its section with the class's `name`)."""
+        return getattr(self, "_method_section", None) or self.method
+
     def to_dict(self) -> dict[str, Any]:
         out = to_dict(self)
         out.pop("method_config")
-        out[self.method] = to_dict(self.method_config)
+        out[self.method_section] = to_dict(self.method_config)
         return out
 
 
