@@ -197,3 +197,23 @@ def test_bfcl_offers_an_exact_call_reward_with_weights():
     lengths = length([None] * 3, completions, **cols)
     # The chatty right call and the bare wrong call disagree: exact prefers one, length the other.
     assert lengths[0] == 1.0 and lengths[2] == 1.0 and lengths[1] < 1.0
+
+
+@pytest.mark.parametrize("estimator", ["gd2po", "gdpo"])
+def test_a_constant_reward_group_keeps_advantage_exactly_zero(estimator):
+    """Group 0: lower = [1, 0, 0, 0], digit = [1, 1, 0, 0]; row 1 conflicts (lower below its
+    mean, digit above) and GD²PO's hard filter drops it, so the kept rows' sum is no longer 0
+    and whitening shifts every kept row. Group 1 has the same rewards on every row: it must
+    still carry no signal (it had +0.055 per row before the rule)."""
+    from tandemrl.algos import ADVANTAGES
+
+    rewards = torch.tensor([[1.0, 1.0], [0.0, 1.0], [0.0, 0.0], [0.0, 0.0],
+                            [0.5, 0.3], [0.5, 0.3], [0.5, 0.3], [0.5, 0.3]])  # fmt: skip
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    result = ADVANTAGES.get(estimator)(rewards, groups)
+    assert torch.equal(result.advantages[4:], torch.zeros(4))
+    assert result.advantages[:4].abs().sum() > 0
+    if estimator == "gd2po":
+        assert result.keep.tolist() == [True, False, True, True] + [True] * 4
+        # the shift is there: group 0's kept advantages no longer sum to 0
+        assert result.advantages[[0, 2, 3]].sum().abs() > 1e-2

@@ -175,13 +175,22 @@ def gdpo_advantages(
     A_{k,i} = (r_{k,i} - mean_g r_k) / (std_g r_k + eps);  S_i = sum_k w_k A_{k,i};
     A_i = (S_i - mean_B S) / (std_B S + eps) over rollouts with any answered reward
     (``batch_norm=False`` returns S). Normalising per reward first stops a reward with a large
-    spread from drowning the others, which a sum-then-normalise GRPO would do.
+    spread from drowning the others, which a sum-then-normalise GRPO would do. A group with no
+    variance in any reward keeps A = 0.
     """
     r, w, keep = _multi_reward_inputs(rewards, weights)
     summed = (per_reward_advantages(r, group_ids, eps) * w).sum(dim=1)
     zeros = torch.zeros_like(summed)
     adv = whiten(summed, keep, eps) if batch_norm else torch.where(keep, summed, zeros)
+    adv = torch.where(_without_signal(r, group_ids), zeros, adv)
     return AdvantageResult(adv, keep, _summary(adv, keep))
+
+
+def _without_signal(r: Tensor, group_ids: Tensor) -> Tensor:
+    """[B] rows whose group has no variance in any reward: they carry no signal, and keep
+    advantage 0 whatever the batch whitening shifts (its mean is not 0 once rows are dropped)."""
+    st = group_stats(_as_float(r), group_ids)
+    return (st.constant | ~st.valid).all(dim=1)
 
 
 @ADVANTAGES.register("gd2po")
@@ -203,7 +212,9 @@ def gd2po_advantages(
       filter "hard": drop if C_i;  "snr": drop if C_i and |s_i| < tau with
       s_i = sum_k a_{k,i} / sum_k |a_{k,i}|;  "none": drop nothing;
       query weight w_q = kept_q / G_q (G_q = all rollouts of the group, abstained included);
-      A_i = whiten over kept rollouts of (w_q * sum_k a_{k,i}); dropped -> 0, keep False.
+      A_i = whiten over kept rollouts of (w_q * sum_k a_{k,i}); dropped -> 0, keep False;
+      a group with no variance in any reward -> 0 (the whitening's shift would otherwise give
+      it a signal it does not have once filtering breaks the batch's symmetry).
     With unit weights this is the paper's rule; the weights enter before the conflict test so
     that, with no conflicts, the result equals ``gdpo_advantages`` exactly. A per-reward
     advantage with |a| <= ``conflict_tol`` counts as neither sign: a rollout sitting at a
@@ -229,6 +240,7 @@ def gd2po_advantages(
     q_weight = (kept_per_group / size_per_group)[inverse]
     scaled = total * q_weight if query_reweight else total
     adv = whiten(scaled, keep, eps)
+    adv = torch.where(_without_signal(r, group_ids), torch.zeros_like(adv), adv)
     metrics = _summary(adv, keep)
     n_answered = max(int(answered.sum()), 1)
     metrics["gd2po/conflict_rate"] = conflict.sum().item() / n_answered
