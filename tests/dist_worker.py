@@ -14,6 +14,7 @@ from tandemrl.methods import RunContext, get_method_class
 from tandemrl.models import load_model
 from tandemrl.rollout import RolloutBatch
 from tandemrl.runtime import distributed as dist
+from tandemrl.runtime.update import build_scheduler
 from tandemrl.tasks import get_task
 
 COMMON = ["model=tiny", "task=toy_letters", "rollout.prompts_per_step=4",
@@ -48,7 +49,22 @@ def build(name: str):
     seed_everything(0)
     task = get_task(cfg.task, **cfg.task_options)
     method = get_method_class(cfg.method)(RunContext(cfg, load_model("tiny"), task))
+    use_sgd(method)
     return method, list(task.train_examples())[: cfg.rollout.prompts_per_step]
+
+
+def use_sgd(method) -> None:
+    """Plain SGD in every parameter group: its update is lr x the reduced (clipped) gradient,
+    so parameters compare as tightly as gradients. Adam divides by sqrt(v): where a gradient
+    is ~eps, float reassociation (two partial sums instead of one) moves an element by up to
+    ~lr, and how far differs between CPUs (AVX2 vs AVX-512), which is not what is tested."""
+    engine = method.update_engine
+    for name, group in engine.groups.items():
+        lr = engine.optimizers[name].param_groups[0]["lr"]
+        engine.optimizers[name] = torch.optim.SGD(group.params, lr=lr)
+        engine.schedulers[name] = build_scheduler(
+            engine.optimizers[name], method.config.optim, group.total_updates
+        )
 
 
 def global_batch(name: str) -> RolloutBatch:

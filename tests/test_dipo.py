@@ -51,11 +51,18 @@ def _hand_state(method, task, rewards=REWARDS, ppl=PPL, prev=(PREV_PPL, PREV_RIG
     return state
 
 
+def _advantages(method, state):
+    """The `advantages` hook, and the term normalisers the update would set for the batch."""
+    metrics = method.advantages(state)
+    state.main_normalizer, state.realloc_normalizer = method.term_normalizers(state.batch)
+    return metrics
+
+
 def test_reallocation_picks_the_top_perplexity_response_in_the_right_direction():
     method, task = _method(["method=dipo", "rollout.prompts_per_step=4"])
     state = _hand_state(method, task)
     batch = state.batch
-    metrics = method.advantages(state)
+    metrics = _advantages(method, state)
     assert metrics["dipo/valid"] == 1.0
     assert 2.0 < metrics["dipo/threshold"] < 3.0
     assert metrics["dipo/explore_groups"] == 1 and metrics["dipo/exploit_groups"] == 1
@@ -75,7 +82,7 @@ def test_space_all_needs_every_member_on_the_side():
     ppl = list(PPL)
     ppl[0] = 2.9  # g0's mean stays low, but one member now sits above the threshold
     state = _hand_state(method, task, ppl=ppl)
-    metrics = method.advantages(state)
+    metrics = _advantages(method, state)
     assert metrics["dipo/valid"] == 1.0 and 1.9 < metrics["dipo/threshold"] < 2.9
     assert metrics["dipo/explore_groups"] == 0 and metrics["dipo/exploit_groups"] == 1
 
@@ -86,7 +93,7 @@ def test_invalid_threshold_reallocates_nothing_and_says_why(capsys):
     flipped = (PREV_PPL, 1 - PREV_RIGHT)
     state = _hand_state(method, task, prev=flipped)
     batch = state.batch
-    metrics = method.advantages(state)
+    metrics = _advantages(method, state)
     assert metrics["dipo/valid"] == 0.0
     assert "mostly" in metrics["dipo/invalid_reason"]
     assert metrics["dipo/used_groups"] == 0
@@ -116,7 +123,7 @@ def test_objective_is_grpo_plus_alpha_times_the_reallocated_term():
     method, task = _method(["method=dipo", "dipo.alpha=0.3", "rollout.prompts_per_step=4"])
     state = _hand_state(method, task)
     batch = state.batch
-    method.advantages(state)
+    _advantages(method, state)
     norm = LossNormalizer.from_masks(batch.train_mask)
     out = method.loss(batch, norm, state)
     loss, metrics = out.loss, out.metrics
@@ -150,7 +157,7 @@ def test_dynamic_sampling_drops_a_group_from_the_main_term_but_not_the_reallocat
     )
     state = _hand_state(method, task)
     batch = state.batch
-    method.advantages(state)
+    _advantages(method, state)
     main_rows = batch.per_row.main_mask.sum(-1) > 0
     all_rows = batch.train_mask.sum(-1) > 0
     assert main_rows.tolist() == [False] * 12 + [True] * 4  # only the mixed group g3
@@ -168,7 +175,7 @@ def test_dynamic_sampling_drops_a_group_from_the_main_term_but_not_the_reallocat
 
 def test_queue_and_running_total_survive_state_dict():
     method, task = _method(["method=dipo", "rollout.prompts_per_step=4"])
-    method.advantages(_hand_state(method, task))
+    _advantages(method, _hand_state(method, task))
     state = method.state_dict()
     fresh, _ = _method(["method=dipo", "rollout.prompts_per_step=4"])
     fresh.load_state_dict(state)

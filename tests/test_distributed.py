@@ -80,12 +80,12 @@ def test_two_ranks_make_the_single_process_update(one_and_two_processes, name, k
     start, _ = dist_worker.build(name)
     initial = {n: p for n, p in start.policy.named_parameters() if "lora_" in n}
     moved = max((one["params"][k] - initial[k]).abs().max().item() for k in initial)
-    assert moved > 1e-3
+    assert moved > 1e-4
     for key, value in one["params"].items():
-        # Adam divides by sqrt(v): where a gradient is ~eps, float reassociation (two partial
-        # sums instead of one; prompts shared over other rows) moves an element by up to
-        # ~1 % of lr=1e-2. A wrong reduction shows in the grad norms above (rel 1e-5).
-        torch.testing.assert_close(two["params"][key], value, atol=1e-4, rtol=1e-4)
+        # SGD (dist_worker.use_sgd): parameters move by lr x the reduced gradient, so they
+        # agree to float reassociation of that gradient; a mean instead of a sum over ranks,
+        # or a rank's gradient left out, moves them by ~the size of the update (>1e-4).
+        torch.testing.assert_close(two["params"][key], value, atol=1e-6, rtol=1e-5)
 
 
 def test_metrics_combine_by_kind():

@@ -227,7 +227,7 @@ def _handmade_batch():
 def test_training_rewards_sharing_and_distillation_by_hand():
     method, _ = _method(["dupo.cross_reward_weight=0.3", "dupo.diversity_coef=0.1"])
     full = _handmade_batch()
-    inter = method.interactions(full)
+    inter = method.interactions(full, ("explore", "exploit"))
     assert inter.give_e.tolist() == [False, False, True, False]
     assert not inter.give_x.any()  # the exploiter has no successful response
     # row 2 in the exploiter's group [0, 0, 1]: mean 1/3, Bessel std 1/sqrt(3) -> A = 2/sqrt(3)
@@ -258,7 +258,7 @@ def test_distillation_term_is_coef_times_mean_nll():
 
     method, _ = _method(["dupo.kl_coef=0", "dupo.distill_coef=0.5"])
     full = _handmade_batch()
-    batch = method.policy_batch(full, "exploit", method.interactions(full))
+    batch = method.policy_batch(full, "exploit", method.interactions(full, ("explore", "exploit")))
     batch.per_row.behaviour_logp = torch.zeros(3, 4)
     rows = batch.per_row
     norms = TermNormalizers(*(LossNormalizer.from_masks(m) for m in
@@ -361,7 +361,7 @@ def test_explorer_entropy_bonus_changes_the_explorer_gradient_only():
             for name, p in method.policy.named_parameters():
                 if "lora_B" in name:
                     p.normal_(0, 0.1)
-        batch = method.policy_batch(full, policy, method.interactions(full))
+        batch = method.policy_batch(full, policy, method.interactions(full, ("explore", "exploit")))
         batch.per_row.behaviour_logp = torch.zeros(batch.response_ids.shape)
         norms = TermNormalizers(*[LossNormalizer.from_masks(batch.train_mask)] * 3)
         activate_adapter(method.policy, policy, trainable=True)

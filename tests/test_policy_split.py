@@ -174,10 +174,11 @@ def test_with_eta_zero_the_gradient_is_grpo_on_the_pooled_group():
     for high in (False, True):
         batch = train.select((train.per_row.prompt_high == high).nonzero().squeeze(-1))
         batch.per_row, batch.advantages, batch.loss_mask = None, None, None
-        grpo.advantages(grpo.State(step=0, examples=examples, batch=batch))
+        grpo_state = grpo.State(step=0, examples=examples, batch=batch)
+        grpo.advantages(grpo_state)
         norm = LossNormalizer.from_masks(batch.train_mask)
         for micro in batch.microbatches(5):
-            grpo.loss(micro, norm, None).loss.backward()
+            grpo.loss(micro, norm, grpo_state).loss.backward()
         per_mode.append(grads())
     assert max(g.abs().max().item() for g in mine) > 1e-4
     for g, g_normal, g_high in zip(mine, *per_mode, strict=True):

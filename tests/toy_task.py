@@ -71,3 +71,18 @@ def toy_two_rewards(digit_weight: float = 0.2) -> Task:
     if digit_weight:
         rewards["digit"] = (string.digits, digit_weight)
     return LetterTask(8, rewards)
+
+
+@register_task("toy_binary", replace=True)
+def toy_binary(size: int = 16) -> Task:
+    """Reward 1 when at least a fifth of the characters are lowercase letters, else 0: on the
+    untrained tiny model about 3 groups in 10 get the same reward on every sample, the case
+    DAPO's dynamic sampling is for."""
+    task = LetterTask(size)
+    share = task.rewards[0].fn
+
+    def at_least_a_fifth(prompts, completions, **columns):
+        return [float(v >= 0.2) for v in share(prompts, completions)]
+
+    task.rewards = [RewardSpec("binary", at_least_a_fifth)]
+    return task

@@ -74,7 +74,6 @@ from tandemrl.algos.shaping import (
     dipo_reallocate,
     groups_with_signal,
     learn_perplexity_threshold,
-    overlong_penalty,
 )
 from tandemrl.algos.token_shaping import (
     d3s_sample_select,
@@ -132,7 +131,6 @@ __all__ = [
     "masked_mean",
     "masked_whiten",
     "ngram_novelty",
-    "overlong_penalty",
     "per_reward_advantages",
     "policy_split_token_advantages",
     "positive_share",

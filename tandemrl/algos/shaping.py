@@ -1,4 +1,4 @@
-"""Sequence-level reward shaping: DiPO reallocation, DAPO overlong shaping, dynamic sampling."""
+"""Sequence-level reward shaping: DiPO reallocation and the dynamic-sampling filter."""
 
 from __future__ import annotations
 
@@ -137,19 +137,6 @@ def dipo_reallocate(
             out[top] = wrong_value
             metrics["dipo/exploit_groups"] += 1
     return out, metrics
-
-
-def overlong_penalty(lengths: Tensor, max_len: int, buffer: int) -> Tensor:
-    """DAPO soft overlong punishment (arXiv 2503.14476), added to the task reward.
-
-    0 if L <= max_len - buffer;  ((max_len - buffer) - L) / buffer inside the buffer;
-    -1 if L > max_len. Continuous at both ends; buffer = 0 gives a hard step at max_len.
-    """
-    length = lengths.float()
-    start = float(max_len - buffer)
-    inside = (start - length) / buffer if buffer > 0 else torch.zeros_like(length)
-    out = torch.where(length <= start, torch.zeros_like(length), inside)
-    return torch.where(length > max_len, torch.full_like(length, -1.0), out)
 
 
 def groups_with_signal(rewards: Tensor, group_ids: Tensor) -> Tensor:

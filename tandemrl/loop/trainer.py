@@ -92,11 +92,12 @@ class Trainer:
         where = f" on {dist.world_size()} processes" if dist.is_distributed() else ""
         log(f"loading model {cfg.model}{where}")
         self.loaded = load_model(cfg.model, cfg.dtype)
-        self.method = get_method_class(cfg.method)(RunContext(cfg, self.loaded, self.task))
+        self.sampler = PromptSampler(train_examples, cfg.seed)
+        run = RunContext(cfg, self.loaded, self.task, draw_prompts=self.draw_prompts)
+        self.method = get_method_class(cfg.method)(run)
         dist.broadcast_parameters(self.method.policy)
         engine = HFEngine(self.loaded.tokenizer, cfg.eval.batch_size)
         bind_policy_rewards(self.task.rewards, PolicySampler(self.method.eval_policy, engine))
-        self.sampler = PromptSampler(train_examples, cfg.seed)
         self.start = 0
         if self.resume_from is not None:
             self.start = restore(self.resume_from, self.method, self.sampler)
@@ -110,6 +111,11 @@ class Trainer:
         self.evals: dict[str, Any] = {}
         self.step_times: list[float] = []
         self.done, self.streak, self.last_ckpt = self.start, 0, self.resume_from
+
+    def draw_prompts(self) -> list:
+        """A step's worth of training prompts, this rank's share (every rank draws alike, so
+        the data position stays the same on all of them)."""
+        return dist.shard(self.sampler.next(self.cfg.rollout.prompts_per_step))
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -164,8 +170,7 @@ class Trainer:
         with step_scope():  # Ctrl-C after the update commits waits for the log
             t = time.perf_counter()
             self.position, self.rng_before = self.sampler.position, rng_state()
-            prompts = dist.shard(self.sampler.next(self.cfg.rollout.prompts_per_step))
-            metrics = self.method.step(step, prompts)
+            metrics = self.method.step(step, self.draw_prompts())
             metrics.update(pop_reward_metrics(self.task.rewards))
             metrics["time/step_s"] = time.perf_counter() - t
             metrics["memory/peak_rss_mb"] = peak_rss_mb()

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -55,6 +55,10 @@ class RunContext:
     config: TrainConfig
     loaded: LoadedModel
     task: Task
+    # More training prompts for this rank (a step's worth, advancing the run's data position),
+    # for methods that sample beyond the step's prompts (DAPO dynamic sampling); None: the
+    # method reuses the step's own prompts.
+    draw_prompts: Callable[[], list[Example]] | None = None
 
 
 @dataclass
@@ -116,7 +120,9 @@ class Method:
         self.rollout_engine = HFEngine(self.tokenizer, r.generation_batch_size)
         self.policy = self.build_policy(run.loaded)
         self.setup()
-        self.update_engine = UpdateEngine(self.param_groups(), run.config.optim)
+        self.update_engine = UpdateEngine(
+            self.param_groups(), run.config.optim, horizon=r.max_new_tokens
+        )
         # The last step's state, kept for inspection (tests, notebooks); not checkpointed.
         self.last_state: StepState | None = None
 
@@ -228,12 +234,13 @@ class Method:
         prompts: list[Messages],
         num_samples: int,
         adapter_names: list[str] | None = None,
+        round: int = 0,
     ) -> RolloutBatch:
         """The one way a method generates: `num_samples` responses per prompt from the policy
-        through the rollout engine, seeded by `rollout_seed(step)`."""
-        request = SampleRequest(
-            prompts, num_samples, self.sampling, self.rollout_seed(step), adapter_names
-        )
+        through the rollout engine, seeded by `rollout_seed(step)` (and the `round` of a step
+        that samples more than once)."""
+        seed = self.rollout_seed(step) + round * 104_729_000_000
+        request = SampleRequest(prompts, num_samples, self.sampling, seed, adapter_names)
         return self.rollout_engine.generate(self.policy, request)
 
     def score_no_grad(self, batch: RolloutBatch, with_entropy: bool = False) -> TokenScores:

@@ -47,8 +47,8 @@ from tandemrl.algos import (
 from tandemrl.algos._groups import group_index, group_stats
 from tandemrl.errors import ConfigError
 from tandemrl.methods import register_method
-from tandemrl.methods.base import StepState
 from tandemrl.methods.grpo import GRPO, GRPOConfig
+from tandemrl.methods.policy_gradient import PolicyGradientStep
 from tandemrl.rollout import RolloutBatch
 from tandemrl.runtime import distributed as dist
 from tandemrl.runtime.update import LossOutput
@@ -66,15 +66,17 @@ class DiPOConfig(GRPOConfig):
 
 @dataclass
 class DiPORows:
-    """Per row: the reallocated-reward advantage A_r and the main term's own loss mask."""
+    """Per row: the reallocated-reward advantage A_r and each term's loss mask."""
 
     realloc_advantages: torch.Tensor  # [B]
-    main_mask: torch.Tensor  # [B, T]
+    main_mask: torch.Tensor  # [B, T] GRPO's rows (dynamic sampling and D³S applied)
+    realloc_mask: torch.Tensor  # [B, T] every answered row
 
 
 @dataclass
-class DiPOStep(StepState):
+class DiPOStep(PolicyGradientStep):
     perplexity: torch.Tensor | None = None  # [B] p_i under the pre-update policy
+    # each term's global normaliser over the update in progress (its minibatch)
     main_normalizer: LossNormalizer | None = None
     realloc_normalizer: LossNormalizer | None = None
 
@@ -132,10 +134,8 @@ class DiPO(GRPO):
         realloc_adv = cfg.group_advantages(realloc, batch.group_ids).advantages
         answered = ~torch.isnan(batch.rewards)
         realloc_mask = batch.response_mask * answered.unsqueeze(-1).to(main_mask.dtype)
-        batch.per_row = DiPORows(realloc_adv, main_mask)
+        batch.per_row = DiPORows(realloc_adv, main_mask, realloc_mask)
         batch.loss_mask = torch.maximum(main_mask, realloc_mask)
-        state.main_normalizer = dist.global_normalizer(main_mask)
-        state.realloc_normalizer = dist.global_normalizer(realloc_mask)
 
         used = int(realloc_metrics["dipo/explore_groups"] + realloc_metrics["dipo/exploit_groups"])
         self.used_total += used
@@ -157,12 +157,23 @@ class DiPO(GRPO):
             self._last_reason = thr.reason
         return metrics
 
+    def update_minibatch(self, state: DiPOStep, part: RolloutBatch) -> dict[str, float]:
+        state.main_normalizer, state.realloc_normalizer = self.term_normalizers(part)
+        return super().update_minibatch(state, part)
+
+    def term_normalizers(self, part: RolloutBatch) -> tuple[LossNormalizer, LossNormalizer]:
+        """Each term's normaliser over its own rows of an update's minibatch: the main term
+        exactly GRPO's, the reallocated term every answered row."""
+        rows = part.per_row
+        engine = self.update_engine
+        return engine.normalizer(rows.main_mask), engine.normalizer(rows.realloc_mask)
+
     def loss(self, micro: RolloutBatch, normalizer: LossNormalizer, state: DiPOStep) -> LossOutput:
         cfg, rows = self.cfg, micro.per_row
         scores = self.score_for_loss(micro)
         # The main term sees exactly GRPO's rows and normaliser (dynamic sampling included).
         main = dataclasses.replace(micro, loss_mask=rows.main_mask)
-        out = self.loss_from_scores(main, scores, state.main_normalizer)
+        out = self.loss_from_scores(main, scores, state.main_normalizer, state.clip_bounds)
         if cfg.alpha:
             old_logp = micro.old_logp if micro.old_logp is not None else scores.logp.detach()
             term = cfg.policy_loss(
@@ -171,6 +182,7 @@ class DiPO(GRPO):
                 rows.realloc_advantages,
                 micro.train_mask,
                 state.realloc_normalizer,
+                state.clip_bounds,
             )
             out.loss = out.loss + cfg.alpha * term.loss
             out.metrics["dipo/realloc_loss"] = term.loss.item()

@@ -46,6 +46,7 @@ import torch
 
 from tandemrl.algos import (
     ADVANTAGES,
+    ClipBounds,
     LossNormalizer,
     adaptive_lr_scale,
     aggregate,
@@ -61,7 +62,12 @@ from tandemrl.errors import ConfigError
 from tandemrl.methods import register_method
 from tandemrl.methods.base import Method, StepState
 from tandemrl.methods.dual_policy_metrics import Interactions, step_metrics, write_plot
-from tandemrl.methods.objective import GroupObjective
+from tandemrl.methods.objective import (
+    GroupObjective,
+    bapo_metrics,
+    mean_over_updates,
+    minibatch_rows,
+)
 from tandemrl.methods.reference import ReferencePolicy
 from tandemrl.models import LoadedModel
 from tandemrl.models.adapters import activate_adapter, adapter_parameters, apply_lora_adapters
@@ -86,10 +92,15 @@ class DualPolicyConfig(GroupObjective):
     diversity_coef: float = 0.1  # explorer's novelty bonus
     novelty_ngram: int = 2
     explore_entropy_coef: float = 0.0
-    success_reward: float = 1.0  # task reward that makes a response "successful"
+    # A response is "successful" (shared) when its task reward beats the other policy's mean
+    # on the prompt; a number here also requires reward >= it (None: no floor, which works
+    # for continuous rewards too).
+    success_reward: float | None = None
     response_sharing: bool = True
     share_is_cap: float = 2.0
-    gradient_sharing: float = 0.1
+    # g'_E = g_E + lam g_X and back; needs both policies' gradients in one step, so it
+    # applies with schedule=simultaneous (None: 0.1 there, 0 under alternating).
+    gradient_sharing: float | None = None
     distill_coef: float = 0.1
     cross_reward_weight: float = 0.3
     adaptive_lr: bool = True
@@ -150,7 +161,7 @@ class DualPolicy(Method):
     @classmethod
     def check_config(cls, config) -> None:
         cfg = config.method_config
-        cfg.check()
+        cfg.check("dupo")
         if config.lora.enabled is False:
             raise ConfigError("dupo trains two LoRA adapters on one base: lora.enabled=false")
         g = config.rollout.group_size
@@ -159,6 +170,12 @@ class DualPolicy(Method):
             raise ConfigError(
                 f"dupo needs >= 2 samples per prompt for each policy (group-relative "
                 f"advantages): rollout.group_size={g}, dupo.explore_samples={n_e}"
+            )
+        if cfg.schedule == "alternating" and cfg.gradient_sharing:
+            raise ConfigError(
+                f"dupo.gradient_sharing={cfg.gradient_sharing} needs both policies' gradients in "
+                "one step, which dupo.schedule=alternating never has: set "
+                "dupo.schedule=simultaneous or dupo.gradient_sharing=0"
             )
         checks = [
             (cfg.alternating_interval >= 1, "dupo.alternating_interval must be >= 1"),
@@ -207,6 +224,12 @@ class DualPolicy(Method):
             for p in POLICIES
         ]
 
+    def gradient_sharing(self) -> float:
+        """lam of gradient sharing: as configured, else 0.1 with both policies updated in a
+        step (simultaneous), 0 otherwise."""
+        lam = self.cfg.gradient_sharing
+        return (0.1 if self.cfg.schedule == "simultaneous" else 0.0) if lam is None else lam
+
     def active_policies(self, step: int) -> tuple[str, ...]:
         """Policies updated at `step`: both, or one per block of `alternating_interval`."""
         cfg = self.cfg
@@ -251,27 +274,60 @@ class DualPolicy(Method):
 
     def advantages(self, state: DualPolicyStep) -> dict[str, float]:
         """Training rewards, sharing sets and each policy's batch with its advantages."""
-        state.interactions = self.interactions(state.batch)
+        state.interactions = self.interactions(state.batch, state.active)
         state.batches = {p: self.policy_batch(state.batch, p, state.interactions) for p in POLICIES}
         return {}
 
     def update(self, state: DualPolicyStep) -> dict[str, float]:
-        """Each active policy's loss (explorer first: its log-probs are the behaviour
-        log-probs of the rows it shares), gradient sharing, then one step of both."""
-        cfg, full, active = self.cfg, state.batch, state.active
-        shape = full.response_ids.shape
+        """`ppo_epochs` x `minibatches` updates of the active policies; in each, the explorer's
+        loss first (its log-probs are the behaviour log-probs of the rows it shares when
+        they are not scored beforehand), gradient sharing, then one step of both."""
+        cfg, active = self.cfg, state.active
+        self.score_before_update(state)
+        seed = self.config.seed * 1_000_003 + state.step
+        plan = minibatch_rows(state.batch, cfg.ppo_epochs, cfg.minibatches, seed)
+        groups = [None] if len(plan) == 1 else [state.batch.group_ids[r].unique() for r in plan]
+        share = None
+        if len(active) == 2 and self.gradient_sharing():
+            share = lambda: self.share_adapter_gradients(self.gradient_sharing())  # noqa: E731
+        updates, scales = [], {}
+        for chosen in groups:
+            metrics = self.backward_active(state, chosen)
+            with commit():  # the adapters and the reward history change together or not at all
+                if not scales:
+                    for p in active:
+                        self.record_reward(p, state.batch, state.interactions)
+                    scales = {p: self.lr_scale(p) for p in POLICIES}
+                results = self.update_engine.step(active, lr_scale=scales, before_clip=share)
+            for p, result in results.items():
+                metrics.update({f"{p}/{k}": v for k, v in result.items()})
+            updates.append(metrics)
+        metrics = mean_over_updates(updates)
+        for p in POLICIES:
+            metrics.update({f"{p}/lr_scale": scales[p], f"{p}/updated": float(p in active)})
+        activate_adapter(self.policy, EXPLOIT, trainable=False)
+        metrics["loss"] = sum(metrics.get(f"{p}/loss", 0.0) for p in POLICIES)
+        return metrics
+
+    def score_before_update(self, state: DualPolicyStep) -> None:
+        """Scores taken before any update (no gradient): each active policy's old log-probs
+        of its batch when the update needs them (several updates, BAPO), and the frozen
+        policy's scores of its own samples (metrics) and of the rows the explorer shares (the
+        exploiter's behaviour log-probs). `state.logp` / `state.entropy` hold them per
+        rollout row; an active policy's are filled by its first loss otherwise."""
+        cfg, active = self.cfg, state.active
+        shape = state.batch.response_ids.shape
         state.logp = {p: torch.full(shape, math.nan) for p in POLICIES}
         state.entropy = {p: torch.full(shape, math.nan) for p in POLICIES}
-        metrics: dict[str, float] = {}
+        needs_old = cfg.updates_per_step > 1 or cfg.loss == "bapo"
         for p in POLICIES:
             batch = state.batches[p]
-            rows: PolicyRows = batch.per_row
-            src, own = rows.source_row, rows.own
-            rows.behaviour_logp = state.logp[EXPLORE][src]
+            src, own = batch.per_row.source_row, batch.per_row.own
             if p in active:
-                scores, loss_metrics = self.accumulate(p, batch)
-                state.trained[p] = scores
-                metrics.update({f"{p}/{k}": v for k, v in loss_metrics.items()})
+                if not needs_old:
+                    continue
+                scores = self.score_frozen(batch, p)
+                batch.old_logp, state.trained[p] = scores.logp, scores
             else:
                 need = own if cfg.frozen_metrics else torch.zeros_like(own)
                 if p == EXPLORE and EXPLOIT in active:
@@ -282,25 +338,39 @@ class DualPolicy(Method):
                 src, own = src[need], torch.ones(int(need.sum()), dtype=torch.bool)
             state.logp[p][src[own]] = scores.logp[own]
             state.entropy[p][src[own]] = scores.entropy[own]
-        share = None
-        if len(active) == 2 and cfg.gradient_sharing:
-            share = lambda: self.share_adapter_gradients(cfg.gradient_sharing)  # noqa: E731
-        with commit():  # the adapters and the reward history change together or not at all
+        if needs_old:  # the explorer's sampling log-probs of every row it shares
             for p in active:
-                self.record_reward(p, full, state.interactions)
-            scales = {p: self.lr_scale(p) for p in POLICIES}
-            results = self.update_engine.step(active, lr_scale=scales, before_clip=share)
-        for p in POLICIES:
-            metrics.update({f"{p}/lr_scale": scales[p], f"{p}/updated": float(p in active)})
-            metrics.update({f"{p}/{k}": v for k, v in results.get(p, {}).items()})
-        activate_adapter(self.policy, EXPLOIT, trainable=False)
-        metrics["loss"] = sum(metrics.get(f"{p}/loss", 0.0) for p in POLICIES)
+                rows = state.batches[p].per_row
+                rows.behaviour_logp = state.logp[EXPLORE][rows.source_row]
+
+    def backward_active(self, state: DualPolicyStep, groups: torch.Tensor | None) -> dict:
+        """Forward and backward of each active policy's loss on its rows of `groups` (None:
+        all), explorer first; no optimizer step."""
+        metrics: dict[str, float] = {}
+        for p in (p for p in POLICIES if p in state.active):
+            batch = state.batches[p]
+            if groups is not None:
+                batch = batch.select(torch.isin(batch.group_ids, groups).nonzero().squeeze(-1))
+            rows: PolicyRows = batch.per_row
+            rows.behaviour_logp = state.logp[EXPLORE][rows.source_row]
+            bounds = None
+            if self.cfg.loss == "bapo":
+                current = self.score_frozen(batch, p).logp
+                bounds = self.cfg.bapo_bounds(current, batch.old_logp, batch.advantages, batch.train_mask)  # fmt: skip
+            scores, loss_metrics = self.accumulate(p, batch, bounds)
+            if batch.old_logp is None:  # one update: these are the pre-update scores
+                state.trained[p] = scores
+                src, own = rows.source_row, rows.own
+                state.logp[p][src[own]] = scores.logp[own]
+                state.entropy[p][src[own]] = scores.entropy[own]
+            metrics.update({f"{p}/{k}": v for k, v in loss_metrics.items()})
+            metrics.update({f"{p}/{k}": v for k, v in bapo_metrics(bounds).items()})
         return metrics
 
     def finish(self, state: DualPolicyStep) -> dict[str, float]:
         """Both policies' metrics; the reward/diversity plot after the last step."""
         cfg = self.cfg
-        metrics = step_metrics(state, cfg, self.share_weights)
+        metrics = step_metrics(state, cfg, self.share_weights, self.gradient_sharing())
         self.history.append({"step": state.step + 1, **metrics})
         if cfg.plot and state.step + 1 == self.config.steps and dist.is_main():
             path = Path(self.config.output_dir) / "dupo_policies.png"
@@ -309,17 +379,24 @@ class DualPolicy(Method):
         return metrics
 
     # -- interactions ---------------------------------------------------------------------------
-    def interactions(self, full: RolloutBatch) -> Interactions:
-        """Training rewards and the sharing sets, from task rewards only (no forward)."""
+    def interactions(self, full: RolloutBatch, active: tuple[str, ...]) -> Interactions:
+        """Training rewards and the sharing sets, from task rewards only (no forward).
+
+        Sharing goes one way, explorer -> exploiter, and only happens when the exploiter
+        trains on the shared rows this step (response sharing on, exploiter updated): the
+        cross-policy reward credits that and nothing else, so it is 0 in any other step.
+        `give_x` (exploiter samples that beat the explorer's mean) is a diagnostic only."""
         cfg, r, g = self.cfg, full.rewards, full.group_ids
         is_e = full.per_row.explore
         is_x = ~is_e
         estimator, opts = ADVANTAGES.get(cfg.advantage), cfg.advantage_options
-        give_e = share_candidates(r, g, is_e, is_x, cfg.success_reward)
-        give_x = share_candidates(r, g, is_x, is_e, cfg.success_reward)
-        cross = cross_policy_reward(r, g, give_e, is_x, estimator, **opts) + cross_policy_reward(
-            r, g, give_x, is_e, estimator, **opts
-        )
+        floor = -math.inf if cfg.success_reward is None else cfg.success_reward
+        give_e = share_candidates(r, g, is_e, is_x, floor)
+        give_x = share_candidates(r, g, is_x, is_e, floor)
+        shared = cfg.response_sharing and EXPLOIT in active
+        cross = torch.zeros(len(full))
+        if shared and give_e.any():
+            cross = cross_policy_reward(r, g, give_e, is_x, estimator, **opts)
         seqs = full.response_token_lists()
         e_rows, x_rows = is_e.nonzero().squeeze(-1), is_x.nonzero().squeeze(-1)
         novelty = torch.zeros(len(full))
@@ -366,29 +443,38 @@ class DualPolicy(Method):
         return batch
 
     # -- the update -----------------------------------------------------------------------------
-    def accumulate(self, policy: str, batch: RolloutBatch) -> tuple[TokenScores, dict[str, float]]:
+    def accumulate(
+        self, policy: str, batch: RolloutBatch, bounds: ClipBounds | None = None
+    ) -> tuple[TokenScores, dict[str, float]]:
         """Forward and backward of `policy`'s loss over `batch` (no optimizer step yet)."""
         rows: PolicyRows = batch.per_row
+        engine = self.update_engine
         norms = TermNormalizers(
-            pg=dist.global_normalizer(batch.train_mask),
-            kl=dist.global_normalizer(rows.kl_mask),
-            distill=dist.global_normalizer(rows.distill_mask),
+            pg=engine.normalizer(batch.train_mask),
+            kl=engine.normalizer(rows.kl_mask),
+            distill=engine.normalizer(rows.distill_mask),
         )
         activate_adapter(self.policy, policy, trainable=True)
-        acc = self.update_engine.accumulate(
+        acc = engine.accumulate(
             policy,
             batch,
-            lambda micro, _: self.loss(policy, micro, norms),
+            lambda micro, _: self.loss(policy, micro, norms, bounds),
             self.config.optim.micro_batch_size,
             norms.pg,
         )
         return acc.scores, {**acc.metrics, "loss": acc.loss}
 
-    def loss(self, policy: str, micro: RolloutBatch, norms: TermNormalizers) -> LossOutput:
+    def loss(
+        self,
+        policy: str,
+        micro: RolloutBatch,
+        norms: TermNormalizers,
+        bounds: ClipBounds | None = None,
+    ) -> LossOutput:
         """Clipped surrogate with off-policy weights on shared rows, + KL, entropy, distill.
 
-        Per token: A_i * w_t with w_t = min(pi(y_t) / pi_behaviour(y_t), cap) on shared rows
-        (1 elsewhere); KL and entropy only on the policy's own samples (the k3 estimator
+        Per token: A_i * w_t with w_t = min(pi_old(y_t) / pi_behaviour(y_t), cap) on shared
+        rows (1 elsewhere; pi_old = the exploiter before this step's updates); KL and entropy only on the policy's own samples (the k3 estimator
         assumes y ~ pi); distill = mean NLL over the distilled rows' tokens.
         """
         cfg, rows = self.cfg, micro.per_row
@@ -397,11 +483,12 @@ class DualPolicy(Method):
             self.policy, micro, self.sampling.temperature, with_entropy=True, entropy_grad=bonus_on
         )
         logp = scores.logp
+        # π_old: scored before the first update, or (one update a step) π itself, detached
+        old_logp = micro.old_logp if micro.old_logp is not None else logp.detach()
         tok_adv = micro.advantages.unsqueeze(-1).expand_as(logp)
         if rows.shared.any():
-            tok_adv = tok_adv * self.share_weights(logp.detach(), rows)
-        # one update per batch: pi_old is pi before this update
-        result = cfg.policy_loss(logp, logp.detach(), tok_adv, micro.train_mask, norms.pg)
+            tok_adv = tok_adv * self.share_weights(old_logp, rows)
+        result = cfg.policy_loss(logp, old_logp, tok_adv, micro.train_mask, norms.pg, bounds)
         total, metrics = result.loss, dict(result.metrics)
         if bonus_on:
             bonus = entropy_bonus(

@@ -61,10 +61,10 @@ def policy_metrics(
     return out
 
 
-def step_metrics(state, cfg, share_weights: Callable) -> dict[str, float]:
+def step_metrics(state, cfg, share_weights: Callable, grad_share: float) -> dict[str, float]:
     """Both policies' metrics, sharing statistics, and unprefixed keys for the served one.
     `state` is the step's `DualPolicyStep`; `share_weights(logp, rows)` the exploiter's token
-    weights on shared rows (`DualPolicy.share_weights`)."""
+    weights on shared rows (`DualPolicy.share_weights`); `grad_share` the lam in effect."""
     full, inter, active = state.batch, state.interactions, state.active
     out: dict[str, float] = {}
     for p in ("explore", "exploit"):
@@ -89,7 +89,7 @@ def step_metrics(state, cfg, share_weights: Callable) -> dict[str, float]:
         out["dupo/is_weight_mean"] = w.mean().item()
         out["dupo/is_weight_capped_frac"] = (w >= cfg.share_is_cap).float().mean().item()
     out["dupo/active"] = 2.0 if len(active) == 2 else float(active[0] == "exploit")
-    out["dupo/grad_share"] = cfg.gradient_sharing if len(active) == 2 else 0.0
+    out["dupo/grad_share"] = grad_share if len(active) == 2 else 0.0
     # Unprefixed keys describe the served policy, as they do for single-policy methods.
     out.update(reward_metrics(full.select((~inter.explore).nonzero().squeeze(-1))))
     for key in ("entropy/mean", "kl"):

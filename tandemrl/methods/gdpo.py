@@ -28,7 +28,7 @@ from typing import Literal
 
 import torch
 
-from tandemrl.algos import gd2po_advantages, gdpo_advantages, groups_with_signal
+from tandemrl.algos import AdvantageResult, gd2po_advantages, gdpo_advantages, groups_with_signal
 from tandemrl.algos.reward_stats import multi_reward_stats
 from tandemrl.errors import ConfigError
 from tandemrl.methods import register_method
@@ -78,7 +78,7 @@ class GDPO(GRPO):
         super().setup()
         self.weights = torch.tensor([spec.weight for spec in self.run.task.rewards])
 
-    def multi_reward_advantages(self, batch: RolloutBatch):
+    def multi_reward_advantages(self, batch: RolloutBatch) -> AdvantageResult:
         return gdpo_advantages(
             batch.reward_matrix,
             batch.group_ids,
@@ -87,26 +87,24 @@ class GDPO(GRPO):
             batch_norm=self.cfg.batch_norm,
         )
 
-    def advantages(self, state: StepState) -> dict[str, float]:
-        batch = state.batch
+    def estimate(self, batch: RolloutBatch) -> AdvantageResult:
         if self.cfg.multi_reward == "sum":
-            metrics = super().advantages(state)
-            keep = batch.train_mask.sum(-1) > 0
-        else:
-            result = self.multi_reward_advantages(batch)
-            keep = result.keep
-            if self.cfg.dynamic_sampling:
-                keep = keep & groups_with_signal(batch.reward_matrix, batch.group_ids)
-            batch.advantages = torch.where(keep, result.advantages, 0.0)
-            mask_dtype = batch.response_mask.dtype
-            batch.loss_mask = batch.response_mask * keep.unsqueeze(-1).to(mask_dtype)
-            metrics = {**result.metrics, "advantage/kept_frac": keep.float().mean().item()}
-        metrics.update(
-            multi_reward_stats(
-                batch.reward_matrix, batch.group_ids, batch.reward_names, self.weights, keep
-            )
+            return super().estimate(batch)
+        return self.multi_reward_advantages(batch)
+
+    def with_signal(self, batch: RolloutBatch) -> torch.Tensor:
+        """Decoupled: a group has signal when any of its rewards varies."""
+        rewards = batch.rewards if self.cfg.multi_reward == "sum" else batch.reward_matrix
+        return groups_with_signal(rewards, batch.group_ids)
+
+    def advantages(self, state: StepState) -> dict[str, float]:
+        metrics = super().advantages(state)
+        batch = state.batch
+        keep = batch.train_mask.sum(-1) > 0
+        stats = multi_reward_stats(
+            batch.reward_matrix, batch.group_ids, batch.reward_names, self.weights, keep
         )
-        return metrics
+        return {**metrics, **stats}
 
 
 @register_method("gd2po")

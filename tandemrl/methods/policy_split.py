@@ -42,9 +42,8 @@ import torch
 from tandemrl.algos import LossNormalizer, policy_split_token_advantages
 from tandemrl.errors import ConfigError
 from tandemrl.methods import register_method
-from tandemrl.methods.base import StepState
-from tandemrl.methods.grpo import GRPO
-from tandemrl.methods.objective import GroupObjective
+from tandemrl.methods.objective import GroupObjective, bapo_metrics
+from tandemrl.methods.policy_gradient import PolicyGradient, PolicyGradientStep
 from tandemrl.methods.policy_split_modes import (
     DEFAULT_HIGH_ENTROPY_PROMPT,
     HIGH_ENTROPY,
@@ -60,7 +59,6 @@ from tandemrl.methods.policy_split_modes import (
 )
 from tandemrl.methods.rewards import reward_metrics
 from tandemrl.rollout import RolloutBatch, TokenScores, score_tokens
-from tandemrl.runtime import distributed as dist
 from tandemrl.runtime.update import Accumulated, LossOutput
 
 
@@ -82,7 +80,7 @@ class PolicySplitConfig(GroupObjective):
 
 
 @dataclass
-class SplitStep(StepState):
+class SplitStep(PolicyGradientStep):
     pairings: RolloutBatch | None = None  # every response under each mode's prompt
     eta: float = 0.0  # the token-term scale this step uses
     scores: dict[str, TokenScores] | None = None  # [B_full, T] under each mode's prompt
@@ -90,7 +88,7 @@ class SplitStep(StepState):
 
 
 @register_method("policy_split")
-class PolicySplit(GRPO):
+class PolicySplit(PolicyGradient):
     Config = PolicySplitConfig
     State = SplitStep
     eval_modes: ClassVar[tuple[str, ...]] = MODES
@@ -99,7 +97,7 @@ class PolicySplit(GRPO):
     @classmethod
     def check_config(cls, config) -> None:
         cfg = config.method_config
-        cfg.check()
+        cfg.check("policy_split")
         g = config.rollout.group_size
         if cfg.n_per_mode is None and g % 2:
             raise ConfigError(
@@ -168,8 +166,13 @@ class PolicySplit(GRPO):
         return reward_metrics(full.select((~full.per_row.high_entropy).nonzero().squeeze(-1)))
 
     def prepare(self, state: SplitStep) -> dict[str, float]:
-        """The four pairings, and the reference's log-probs of them when kl_coef > 0."""
+        """The four pairings; their old log-probs (several updates, BAPO) and the
+        reference's (kl_coef > 0)."""
         state.pairings = pairings(state.batch)
+        if self.needs_old_logp():
+            old = self.score_no_grad(state.pairings, with_entropy=True)
+            state.pairings.old_logp = old.logp
+            state.scores = self.per_prompt_mode_scores_of(state.pairings, old)
         if self.cfg.kl_coef:
             state.pairings.ref_logp = self.reference_logp(state.pairings)
             state.ref_logp = self.per_prompt_mode(state.pairings, state.pairings.ref_logp)
@@ -187,19 +190,26 @@ class PolicySplit(GRPO):
         state.eta = self.eta
         return dict(res.metrics)
 
-    def update(self, state: SplitStep) -> dict[str, float]:
-        normal, high = self.backward_passes(state)
+    def training_batch(self, state: SplitStep) -> RolloutBatch:
+        return state.pairings
+
+    def update_minibatch(self, state: SplitStep, part: RolloutBatch) -> dict[str, float]:
+        state.clip_bounds = self.clip_bounds(part)
+        normal, high = self.backward_passes(state, part)
         result = self.update_engine.step(["policy"])["policy"]
         merged = normal.merge(high)
-        return {**merged.metrics, "loss": merged.loss, **result}
+        return {**merged.metrics, "loss": merged.loss, **result, **bapo_metrics(state.clip_bounds)}
 
-    def backward_passes(self, state: SplitStep) -> tuple[Accumulated, Accumulated]:
-        """The update's forward and backward, in two passes into one gradient: the
-        normal-prompt pairings, then the high-entropy-prompt pairings with the normal pass's
-        log-probs of the same responses (row i of each part is the same response). Fills
-        `state.scores`."""
-        train, engine = state.pairings, self.update_engine
-        normalizer = dist.global_normalizer(train.train_mask)
+    def backward_passes(
+        self, state: SplitStep, part: RolloutBatch | None = None
+    ) -> tuple[Accumulated, Accumulated]:
+        """One update's forward and backward (of `part`, default all pairings), in two passes
+        into one gradient: the normal-prompt pairings, then the high-entropy-prompt pairings
+        with the normal pass's log-probs of the same responses (row i of each half is the
+        same response). Without old log-probs (one update a step), the passes' scores are
+        the pre-update ones the per-mode metrics read (`state.scores`)."""
+        train, engine = state.pairings if part is None else part, self.update_engine
+        normalizer = engine.normalizer(train.train_mask)
         high = train.per_row.prompt_high
         parts = {NORMAL: train.select((~high).nonzero().squeeze(-1)),
                  HIGH_ENTROPY: train.select(high.nonzero().squeeze(-1))}  # fmt: skip
@@ -209,10 +219,11 @@ class PolicySplit(GRPO):
         high_pass = engine.accumulate(
             "policy", parts[HIGH_ENTROPY], loss, self.micro_size, normalizer
         )
-        state.scores = {
-            mode: self.per_prompt_mode_scores(parts[mode], acc.scores)
-            for mode, acc in ((NORMAL, normal), (HIGH_ENTROPY, high_pass))
-        }
+        if state.scores is None:
+            state.scores = {
+                mode: self.per_prompt_mode_scores(parts[mode], acc.scores)
+                for mode, acc in ((NORMAL, normal), (HIGH_ENTROPY, high_pass))
+            }
         return normal, high_pass
 
     def finish(self, state: SplitStep) -> dict[str, float]:
@@ -268,7 +279,10 @@ class PolicySplit(GRPO):
         logp = scores.logp.detach()
         adv, term_metrics = self.token_advantages(micro, logp, state.eta)
         # pi_old = the pre-update policy under THIS row's (training) prompt: ratio 1 in value.
-        policy = cfg.policy_loss(scores.logp, logp, adv, micro.train_mask, normalizer)
+        old_logp = micro.old_logp if micro.old_logp is not None else logp
+        policy = cfg.policy_loss(
+            scores.logp, old_logp, adv, micro.train_mask, normalizer, state.clip_bounds
+        )
         total, metrics = policy.loss, {**policy.metrics, **term_metrics}
         if cfg.kl_coef:
             kl = cfg.kl_term(scores.logp, micro.ref_logp, micro.train_mask, cfg.kl_coef, normalizer)
@@ -285,6 +299,19 @@ class PolicySplit(GRPO):
             part = torch.empty_like(values[sel])
             part[train.per_row.row[sel]] = values[sel]
             out[mode] = part
+        return out
+
+    @classmethod
+    def per_prompt_mode_scores_of(
+        cls, train: RolloutBatch, scores: TokenScores
+    ) -> dict[str, TokenScores]:
+        """Scores of all pairings -> {mode: TokenScores [B_full, T]} like the rollout."""
+        high = train.per_row.prompt_high
+        out = {}
+        for mode, sel in ((NORMAL, ~high), (HIGH_ENTROPY, high)):
+            rows = sel.nonzero().squeeze(-1)
+            part = TokenScores(scores.logp[rows], scores.entropy[rows])
+            out[mode] = cls.per_prompt_mode_scores(train.select(rows), part)
         return out
 
     @staticmethod

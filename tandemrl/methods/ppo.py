@@ -43,9 +43,8 @@ from tandemrl.algos import (
 )
 from tandemrl.errors import ConfigError
 from tandemrl.methods import register_method
-from tandemrl.methods.base import StepState
-from tandemrl.methods.grpo import GRPO
 from tandemrl.methods.objective import ClippedObjective
+from tandemrl.methods.policy_gradient import PolicyGradient, PolicyGradientStep
 from tandemrl.models import LoadedModel
 from tandemrl.models.adapters import activate_adapter, adapter_parameters, apply_lora_adapters
 from tandemrl.rollout import RolloutBatch
@@ -66,8 +65,6 @@ class PPOConfig(ClippedObjective):
     value_clip: float | None = 0.2  # None = unclipped value loss
     critic_lr: float = 5e-4  # the critic's own AdamW lr (policy: optim.lr)
     whiten_advantages: bool = True
-    ppo_epochs: int = 1
-    minibatches: int = 1  # optimizer updates per epoch (rows shuffled, split evenly)
     value_head_init_std: float = 0.01
 
 
@@ -95,28 +92,28 @@ class PPORows:
 
 
 @dataclass
-class PPOStep(StepState):
+class PPOStep(PolicyGradientStep):
     values: torch.Tensor | None = None  # [B, T] V_t before any update
     mask: torch.Tensor | None = None  # [B, T] response tokens of rows with a reward
 
 
 @register_method("ppo")
-class PPO(GRPO):
+class PPO(PolicyGradient):
     Config = PPOConfig
     State = PPOStep
     default_policy = POLICY  # the adapter `tandem eval` / `tandem export` serve
+    minibatch_by_group = False  # the critic is the baseline: single rows shuffle freely
 
     @classmethod
     def check_config(cls, config) -> None:
         cfg = config.method_config
-        cfg.check()
+        cfg.check("ppo")
         rows = config.rollout.prompts_per_step * config.rollout.group_size
         checks = [
             (0.0 <= cfg.gamma <= 1.0, f"ppo.gamma must be in [0, 1], got {cfg.gamma}"),
             (0.0 <= cfg.lam <= 1.0, f"ppo.lam must be in [0, 1], got {cfg.lam}"),
             (cfg.kl_coef >= 0, f"ppo.kl_coef must be >= 0, got {cfg.kl_coef}"),
             (cfg.critic_lr > 0, f"ppo.critic_lr must be > 0, got {cfg.critic_lr}"),
-            (cfg.ppo_epochs >= 1, f"ppo.ppo_epochs must be >= 1, got {cfg.ppo_epochs}"),
             (
                 cfg.value_clip is None or cfg.value_clip > 0,
                 f"ppo.value_clip must be > 0 or null (no clipping), got {cfg.value_clip}",
@@ -141,9 +138,6 @@ class PPO(GRPO):
         super().setup()
         hidden = self.run.loaded.model.config.hidden_size
         self.value_head = ValueHead(hidden, self.cfg.value_head_init_std)
-
-    def updates_per_step(self) -> int:
-        return self.cfg.ppo_epochs * self.cfg.minibatches
 
     def param_groups(self) -> list[ParamGroup]:
         total = self.config.steps * self.updates_per_step()
@@ -216,8 +210,7 @@ class PPO(GRPO):
         valid = ~torch.isnan(batch.rewards)
         state.mask = batch.response_mask * valid.unsqueeze(-1).to(batch.response_mask.dtype)
         batch.loss_mask = state.mask
-        several_updates = self.updates_per_step() > 1
-        if several_updates or self.kl_in_reward():
+        if self.needs_old_logp() or self.kl_in_reward():
             batch.old_logp = self.score_no_grad(batch).logp
         if cfg.kl_coef:
             batch.ref_logp = self.reference_logp(batch)
@@ -255,29 +248,21 @@ class PPO(GRPO):
         batch.per_row = PPORows(old_values=values, returns=returns)
         return metrics
 
-    def update(self, state: PPOStep) -> dict[str, float]:
-        """`ppo_epochs` x `minibatches` updates of the policy, each followed by one of the
-        critic (which then reads the updated trunk when it shares the policy's)."""
-        cfg, batch, mb = self.cfg, state.batch, self.config.optim.micro_batch_size
-        engine = self.update_engine
-        gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + state.step)
-        updates: list[dict[str, float]] = []
-        for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(len(batch), generator=gen)
-            for rows in order.tensor_split(cfg.minibatches):
-                part = batch.select(rows.sort().values)
-                self._use(POLICY, trainable=True)
-                policy = engine.accumulate(POLICY, part, lambda m, n: self.loss(m, n, state), mb)
-                out = {**policy.metrics, "loss": policy.loss, **engine.step([POLICY])[POLICY]}
-                critic = engine.accumulate(CRITIC, part, self.critic_loss, mb)
-                out.update(critic.metrics)
-                out["critic/loss"] = critic.loss
-                for key, value in engine.step([CRITIC])[CRITIC].items():
-                    out[f"critic/{key}"] = value
-                updates.append(out)
+    def update_minibatch(self, state: PPOStep, part: RolloutBatch) -> dict[str, float]:
+        """The policy's update on `part`, then the critic's (which then reads the updated
+        trunk when it shares the policy's)."""
         self._use(POLICY, trainable=True)
-        # Mean over this step's updates (one by default).
-        return {k: sum(u[k] for u in updates) / len(updates) for k in updates[0]}
+        out = super().update_minibatch(state, part)
+        engine = self.update_engine
+        critic = engine.accumulate(
+            CRITIC, part, self.critic_loss, self.config.optim.micro_batch_size
+        )
+        out.update(critic.metrics)
+        out["critic/loss"] = critic.loss
+        for key, value in engine.step([CRITIC])[CRITIC].items():
+            out[f"critic/{key}"] = value
+        self._use(POLICY, trainable=True)
+        return out
 
     # -- checkpointing -------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -25,6 +25,9 @@ def score_rewards(task: Task, examples: list[Example], batch: RolloutBatch) -> N
     row_ids = [ex.id for ex in rows]
     column_names = sorted({k for ex in rows for k in ex.columns})
     columns = {k: [ex.columns.get(k) for ex in rows] for k in column_names}
+    # As TRL passes them: each response's token ids, without padding (length-based rewards).
+    pairs = zip(batch.response_ids, batch.response_mask.bool(), strict=True)
+    columns["completion_ids"] = [ids[m].tolist() for ids, m in pairs]
     values = []
     errors: dict[str, int] = {}
     for spec in task.rewards:

@@ -91,6 +91,50 @@ class RolloutBatch:
             per_row=per_row,
         )
 
+    @classmethod
+    def concat(cls, batches: list[RolloutBatch]) -> RolloutBatch:
+        """The rows of `batches` in order, prompts left-padded and responses right-padded to
+        the widest (padding is masked out, so its token id does not matter). Group ids and
+        example indices are kept as they are: callers make them distinct. Per-row extras
+        (`per_row`) are not carried."""
+        if not batches:
+            raise ValueError("concat needs at least one batch")
+        p = max(b.prompt_ids.shape[1] for b in batches)
+        t = max(b.response_ids.shape[1] for b in batches)
+
+        def left(x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.pad(x, (p - x.shape[1], 0))
+
+        def right(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else torch.nn.functional.pad(x, (0, t - x.shape[1]))
+
+        def cat(name: str, pad=lambda x: x) -> torch.Tensor | None:
+            parts = [getattr(b, name) for b in batches]
+            return None if any(x is None for x in parts) else torch.cat([pad(x) for x in parts])
+
+        errors: dict[str, int] = {}
+        for b in batches:
+            for name, n in b.reward_errors.items():
+                errors[name] = errors.get(name, 0) + n
+        return cls(
+            prompt_ids=cat("prompt_ids", left),
+            prompt_mask=cat("prompt_mask", left),
+            response_ids=cat("response_ids", right),
+            response_mask=cat("response_mask", right),
+            group_ids=cat("group_ids"),
+            example_index=[i for b in batches for i in b.example_index],
+            completions=[c for b in batches for c in b.completions],
+            truncated=cat("truncated"),
+            rewards=cat("rewards"),
+            reward_matrix=cat("reward_matrix"),
+            reward_names=list(batches[0].reward_names),
+            advantages=cat("advantages"),
+            old_logp=cat("old_logp", right),
+            ref_logp=cat("ref_logp", right),
+            loss_mask=cat("loss_mask", right),
+            reward_errors=errors,
+        )
+
     def microbatches(self, size: int) -> list[RolloutBatch]:
         return [
             self.select(list(range(i, min(i + size, len(self))))) for i in range(0, len(self), size)

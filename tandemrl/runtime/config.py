@@ -32,6 +32,16 @@ class RolloutConfig:
 
 
 @dataclass
+class OverlongConfig:
+    """DAPO's soft overlong punishment (arXiv 2503.14476) as the extra named reward
+    `overlong`: 0 up to max_new_tokens - buffer tokens, then linearly down to -1 at
+    max_new_tokens (tasks.rewards.overlong_reward)."""
+
+    buffer: int = 0  # tokens before the budget where the penalty ramps in; 0 = off
+    penalty_factor: float = 1.0  # the reward's weight
+
+
+@dataclass
 class OptimConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
@@ -110,6 +120,7 @@ class TrainConfig:
     faults: FaultConfig = field(default_factory=FaultConfig)
     log: LogConfig = field(default_factory=LogConfig)
     duality: DualityConfig = field(default_factory=DualityConfig)
+    overlong: OverlongConfig = field(default_factory=OverlongConfig)
     # The selected method's section (e.g. the `grpo:` mapping), typed by the method.
     method_config: Any = None
 
@@ -143,6 +154,11 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.checkpoint.every >= 0, "checkpoint.every must be >= 0 (0 = only at the end)"),
         (cfg.faults.max_nonfinite_steps >= 0, "faults.max_nonfinite_steps must be >= 0"),
         (cfg.faults.reward_timeout_s >= 0, "faults.reward_timeout_s must be >= 0 (0 = none)"),
+        (
+            0 <= cfg.overlong.buffer <= cfg.rollout.max_new_tokens,
+            f"overlong.buffer must be in [0, rollout.max_new_tokens={cfg.rollout.max_new_tokens}]"
+            f" (0 = off), got {cfg.overlong.buffer}",
+        ),
     ]
     for ok, message in checks:
         if not ok:

@@ -99,9 +99,10 @@ def shard(items: Sequence[T], what: str = "rollout.prompts_per_step") -> list[T]
     return list(items[r * size : (r + 1) * size])
 
 
-def global_normalizer(*masks: torch.Tensor) -> LossNormalizer:
-    """`LossNormalizer.from_masks` over this rank's masks, summed over all ranks."""
-    return LossNormalizer.from_masks(*masks).all_reduce()
+def global_normalizer(*masks: torch.Tensor, horizon: float | None = None) -> LossNormalizer:
+    """`LossNormalizer.from_masks` over this rank's masks, summed over all ranks; `horizon`
+    (Dr.GRPO's constant) defaults to the widest mask."""
+    return LossNormalizer.from_masks(*masks, horizon=horizon).all_reduce()
 
 
 def all_reduce_sum(values: Sequence[float]) -> list[float]:

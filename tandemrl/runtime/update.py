@@ -105,9 +105,14 @@ class UpdateEngine:
     """Optimizers, schedules, accumulation, reduction, clipping and the skip rule for a
     method's named parameter groups (see the module docstring)."""
 
-    def __init__(self, groups: Iterable[ParamGroup], optim: OptimConfig) -> None:
+    def __init__(
+        self, groups: Iterable[ParamGroup], optim: OptimConfig, horizon: int | None = None
+    ) -> None:
         self.groups = {g.name: g for g in groups}
         self.max_grad_norm = optim.max_grad_norm
+        # Dr.GRPO's constant (`seq-mean-token-sum-norm`): the generation budget, the same
+        # every step, not the width of this step's longest response.
+        self.horizon = horizon
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, torch.optim.lr_scheduler.LambdaLR] = {}
         for group in self.groups.values():
@@ -126,6 +131,11 @@ class UpdateEngine:
             self.schedulers[group.name] = build_scheduler(opt, optim, group.total_updates)
         self._pending_loss: dict[str, float] = {}
 
+    def normalizer(self, *masks: torch.Tensor) -> LossNormalizer:
+        """The global normaliser of `masks` (counts summed over ranks, the run's horizon):
+        what every loss term of an update divides by."""
+        return dist.global_normalizer(*masks, horizon=self.horizon)
+
     def lr(self, group: str) -> float:
         """The lr the next update of `group` uses (before any per-step scale)."""
         return self.schedulers[group].get_last_lr()[0]
@@ -140,11 +150,11 @@ class UpdateEngine:
     ) -> Accumulated:
         """Forward and backward of `loss_fn` over `batch` in microbatches, gradients added to
         `group`'s; no optimizer step. `normalizer` defaults to the global count of
-        `batch.train_mask`; pass one to share it between several passes of one update."""
+        `batch.train_mask` (`normalizer`); pass one to share it between passes of one update."""
         if group not in self._pending_loss:
             self.optimizers[group].zero_grad(set_to_none=True)
         if normalizer is None:
-            normalizer = dist.global_normalizer(batch.train_mask)
+            normalizer = self.normalizer(batch.train_mask)
         loss_sum, weight = 0.0, 0.0
         sums: dict[str, float] = {}
         scores: list[TokenScores] = []

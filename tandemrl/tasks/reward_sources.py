@@ -74,9 +74,18 @@ def check_reward_config(config: Any) -> None:
 
 
 def reward_specs(config: Any, task: Task) -> list[RewardSpec]:
-    """The rewards a run trains on: ``REWARD_SOURCES[config.reward](config, task)``."""
+    """The rewards a run trains on: ``REWARD_SOURCES[config.reward](config, task)``, plus
+    DAPO's overlong punishment as the named reward ``overlong`` when ``overlong.buffer > 0``
+    (weight ``overlong.penalty_factor``; ``tasks.rewards.overlong_reward``)."""
+    from tandemrl.tasks.rewards import overlong_reward
+
     check_reward_config(config)
-    return REWARD_SOURCES[config.reward](config, task)
+    specs = REWARD_SOURCES[config.reward](config, task)
+    shaping = config.overlong
+    if shaping.buffer > 0:
+        fn = overlong_reward(config.rollout.max_new_tokens, shaping.buffer)
+        specs = [*specs, RewardSpec("overlong", fn, shaping.penalty_factor)]
+    return specs
 
 
 def bind_policy_rewards(specs: list[RewardSpec], generate: Generate) -> None:

@@ -324,3 +324,29 @@ def numeric_match(prompts: list, completions: list, answer: list, **_: Any) -> l
         said = extract_number(completion_text(completion))
         out.append(float(said is not None and numbers_equal(said, gold)))
     return out
+
+
+def overlong_reward(max_len: int, buffer: int):
+    """DAPO's soft overlong punishment as a reward function (arXiv 2503.14476):
+
+        0 if L <= max_len - buffer;  ((max_len - buffer) - L) / buffer inside the buffer;
+        -1 if L > max_len,
+
+    with L the response's token count (the `completion_ids` column every reward receives).
+    A response cut at the generation budget (L = max_len) gets -1: truncation costs reward
+    smoothly instead of silently scoring whatever text was cut off."""
+    start = max_len - buffer
+
+    def overlong(prompts: list, completions: list, completion_ids: list, **_: Any) -> list:
+        out: list[float | None] = []
+        for ids in completion_ids:
+            length = len(ids)
+            if length <= start:
+                out.append(0.0)
+            elif length > max_len:
+                out.append(-1.0)
+            else:
+                out.append((start - length) / buffer)
+        return out
+
+    return overlong

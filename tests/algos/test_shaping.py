@@ -8,7 +8,6 @@ from tandemrl.algos import (
     dipo_reallocate,
     groups_with_signal,
     learn_perplexity_threshold,
-    overlong_penalty,
     to_reward_tensor,
 )
 
@@ -116,15 +115,6 @@ def test_dipo_reallocated_rewards_feed_grpo():
 
 
 # ---------------------------------------------------------------- DAPO pieces
-
-
-def test_overlong_penalty_hand_computed():
-    # L_max 100, buffer 20: flat to 80, linear to -1 at 100, -1 beyond
-    lengths = torch.tensor([50, 80, 90, 100, 101, 500])
-    out = overlong_penalty(lengths, max_len=100, buffer=20)
-    torch.testing.assert_close(out, torch.tensor([0.0, 0.0, -0.5, -1.0, -1.0, -1.0]))
-    hard = overlong_penalty(torch.tensor([100, 101]), max_len=100, buffer=0)
-    torch.testing.assert_close(hard, torch.tensor([0.0, -1.0]))
 
 
 def test_groups_with_signal():

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tandemrl.cli import main
-from tandemrl.methods.base import reward_metrics, score_rewards
+from tandemrl.methods.rewards import reward_metrics, score_rewards
 from tandemrl.rollout import RolloutBatch
 from tandemrl.tasks import Example, RewardFunctionError, RewardSpec, Task, run_reward
 
@@ -164,3 +164,12 @@ def test_a_wrong_length_reward_stops_the_cli_with_one_line(
         in lines[0]
     )
     assert "first unmatched: row 7 (example 'train-" in lines[0]
+
+
+def test_overlong_reward_hand_computed():
+    """DAPO's soft punishment: L_max 100, buffer 20: flat to 80, linear to -1 at 100, -1 beyond."""
+    from tandemrl.tasks.rewards import overlong_reward
+
+    ids = [[0] * n for n in (50, 80, 90, 100, 101, 500)]
+    out = overlong_reward(max_len=100, buffer=20)([], [""] * 6, completion_ids=ids)
+    assert out == pytest.approx([0.0, 0.0, -0.5, -1.0, -1.0, -1.0])
