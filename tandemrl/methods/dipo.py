@@ -2,7 +2,8 @@
 reconstruction: the primary text was not available, the choices below are documented in
 docs/dipo.md).
 
-GRPO (or DAPO with `dipo.dynamic_sampling=true`, `clip_high=0.28`) plus a second term that
+GRPO (or DAPO with `clip_high=0.28`, `ppo_epochs=2`; `dipo.dynamic_sampling=true` drops
+zero-variance groups from the main term without refilling the batch) plus a second term that
 recovers a signal from the groups GRPO learns nothing from (every answer right, or every
 answer wrong). One step:
   1. rollout and rewards as in GRPO; in `prepare`, sequence perplexity p_i = exp(mean token
@@ -85,6 +86,7 @@ class DiPOStep(PolicyGradientStep):
 class DiPO(GRPO):
     Config = DiPOConfig
     State = DiPOStep
+    refills_batch = False  # zero-variance groups are what the reallocated term learns from
 
     @classmethod
     def check_config(cls, config) -> None:

@@ -76,6 +76,9 @@ class GRPOConfig(GroupObjective):
 @register_method("grpo")
 class GRPO(PolicyGradient):
     Config = GRPOConfig
+    # dynamic_sampling refills the batch (DAPO); a method that learns from zero-variance
+    # groups (DiPO) keeps them and only drops them from the group-advantage term.
+    refills_batch = True
 
     @classmethod
     def check_config(cls, config) -> None:
@@ -103,9 +106,9 @@ class GRPO(PolicyGradient):
 
     # -- hooks ------------------------------------------------------------------------------
     def score(self, state: PolicyGradientStep) -> dict[str, float]:
-        if not self.cfg.dynamic_sampling:
-            return super().score(state)
-        return self.fill_with_signal(state)
+        if self.cfg.dynamic_sampling and self.refills_batch:
+            return self.fill_with_signal(state)
+        return super().score(state)
 
     def advantages(self, state: PolicyGradientStep) -> dict[str, float]:
         batch = state.batch
