@@ -19,7 +19,7 @@ $(BIN)/tandem: requirements/cpu.txt pyproject.toml
 setup: $(BIN)/tandem
 
 demo: setup
-	$(BIN)/tandem train
+	$(BIN)/tandem train overwrite=true
 
 test: setup
 	$(BIN)/ruff check .

@@ -8,4 +8,9 @@ class ConfigError(ValueError):
     """A config value is unknown or malformed; the message names the key and the fix."""
 
 
-__all__ = ["ConfigError"]
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or a second SIGTERM) as tandemrl's signal handler raises it: told apart from a
+    KeyboardInterrupt that user code (a reward function) raises by itself."""
+
+
+__all__ = ["ConfigError", "Interrupted"]

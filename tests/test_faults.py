@@ -162,6 +162,10 @@ def wrong_type(prompts, completions, **_):
     return ["high"] * len(completions)
 
 
+def always_one(prompts, completions, **_):
+    return [1.0] * len(completions)
+
+
 def raises_on_odd(prompts, completions, n, **_):
     if any(x % 2 for x in n):
         raise ValueError(f"odd n {n}")
@@ -221,12 +225,14 @@ def test_bad_input_stops_with_a_message_and_loses_no_checkpoint(
 
 
 @pytest.mark.parametrize("policy", ["abstain", "raise"])
-def test_reward_failures_mid_run_keep_the_checkpoint(existing_run, tmp_path, capsys, policy):
+def test_reward_failures_mid_run_keep_the_checkpoint(tmp_path, capsys, policy):
     """A reward that raises on some rows: counted and skipped by default; with
     faults.reward_errors=raise the run stops naming the function and the row. A reward of
     the wrong type always stops. The resumed run's checkpoint survives either way."""
-    out, _ = existing_run
+    out = tmp_path / "jsonl-run"
     data = _write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"say {i}", "n": i} for i in range(6)])
+    first = ["train", *RUN, f"output_dir={out}", "steps=1"]
+    assert main([*first, *_jsonl_args(data, f"{__name__}:always_one")]) == 0
     common = ["train", *RUN, f"output_dir={out}", "resume=auto",
               f"faults.reward_errors={policy}"]  # fmt: skip
     code = main([*common, "steps=2", *_jsonl_args(data, f"{__name__}:raises_on_odd")])

@@ -182,16 +182,6 @@ def test_corrupt_checkpoint_is_reported_and_skipped(tmp_path, capsys):
     verify_checkpoint(out / "checkpoints" / "step-000004")
 
 
-def test_fresh_run_sets_earlier_checkpoints_aside(tmp_path, capsys):
-    out = tmp_path / "run"
-    assert _train(out, "steps=1") == 0
-    assert _train(out, "steps=1") == 0
-    (aside,) = out.glob("checkpoints.prev-*")
-    verify_checkpoint(aside / "step-000001")
-    verify_checkpoint(out / "checkpoints" / "step-000001")
-    assert "pass resume=auto" in capsys.readouterr().err
-
-
 def _registered_methods() -> list[str]:
     from tandemrl.methods import METHODS, get_method_class
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from tandemrl.bench.method_stats import aggregate, markdown_table, run_record
 from tandemrl.bench.speed import machine_info, versions
+from tandemrl.runtime.records import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 SUITES: dict[str, dict[str, Any]] = {
@@ -121,14 +122,12 @@ def run_one(cmd: list[str], run_dir: Path) -> tuple[list[dict], dict]:
         run_dir.mkdir(parents=True, exist_ok=True)
         summary_path.unlink(missing_ok=True)
         stamp.write_text(json.dumps(cmd[1:]))
-        code = launch(cmd, run_dir / "bench.log")
+        # the same command interrupted: continue it; another command's files: replace them
+        code = launch([*cmd, "resume=auto" if same else "overwrite=true"], run_dir / "bench.log")
         if code:
             tail = "\n".join((run_dir / "bench.log").read_text().splitlines()[-12:])
             raise RuntimeError(f"exit {code}; last lines of {run_dir}/bench.log:\n{tail}")
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()], json.loads(
-        summary_path.read_text()
-    )
+    return read_metrics(run_dir / "metrics.jsonl"), json.loads(summary_path.read_text())
 
 
 def share_before(runs: list[dict[str, Any]], baseline: str) -> None:

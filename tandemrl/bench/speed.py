@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from tandemrl.bench import report
+from tandemrl.runtime.records import read_metrics
 
 ROWS_DEFAULTS = {"prompts": 8, "group": 4, "tokens": 32, "temperature": 1.0, "lr": 1e-4}
 # Method-cost runs: extra `tandem train` arguments and the baseline each is compared with.
@@ -247,7 +248,7 @@ def run_tandem(
     cmd += [f"steps={ns.steps}", f"output_dir={run_dir}"]
     wall = _run(cmd, tmp / f"{name}-{repeat}.log")
     rows = ns.prompts * ns.group
-    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
+    records = read_metrics(run_dir / "metrics.jsonl")
     per_step = []
     for r in records:
         length = r.get("response/length_mean")

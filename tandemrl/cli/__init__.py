@@ -134,10 +134,12 @@ _EXAMPLE_LINES = 12
 
 
 def _print_task(name: str, *, full: bool = False) -> None:
-    from tandemrl.tasks import TaskOptionError, get_task
+    from tandemrl.tasks import TaskOptionError, UnknownTaskError, get_task
 
     try:
         info = get_task(name).describe()
+    except UnknownTaskError:  # a mistyped name is the user's error: one line, exit 2
+        raise
     except TaskOptionError as err:  # e.g. jsonl: nothing to show until it has a file
         print(f"{name}: needs options ({err})\n")
         return

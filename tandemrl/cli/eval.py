@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tandemrl.errors import ConfigError
-from tandemrl.loop.checkpoint import load_policy_weights, policy_adapters
+from tandemrl.loop.checkpoint import load_policy_weights, policy_adapters, verify_checkpoint
 from tandemrl.loop.evaluate import evaluate_with_config, summary_line
 from tandemrl.loop.trainer import log
 from tandemrl.models import load_model
@@ -29,6 +29,7 @@ def resolve_policy(cfg: TrainConfig, checkpoint: str | None, policy: str | None)
         raise ConfigError(
             f"checkpoint {checkpoint!r} has no policy/ folder (expected <run>/checkpoints/step-N)"
         )
+    verify_checkpoint(path)  # a truncated or corrupt file: one line, as resume says it
     names = policy_adapters(path)
     if not names:
         if policy:

@@ -31,6 +31,7 @@ from torch import nn
 COMPLETE_MARKER = "COMPLETE"
 MANIFEST = "manifest.json"
 STATE_FILE = "trainer_state.pt"
+CONFIG_FILE = "config.json"  # the resolved config of the run that wrote the checkpoint
 
 
 class CheckpointError(ValueError):
@@ -59,9 +60,15 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_checkpoint(
-    run_dir: Path, step: int, policy: nn.Module, state: dict[str, Any], keep: int
+    run_dir: Path,
+    step: int,
+    policy: nn.Module,
+    state: dict[str, Any],
+    keep: int,
+    config: dict[str, Any] | None = None,
 ) -> Path:
-    """Write `<run_dir>/checkpoints/step-<step>` atomically; prune to the newest `keep`."""
+    """Write `<run_dir>/checkpoints/step-<step>` atomically (with the run's resolved `config`
+    as `config.json`); prune to the newest `keep`."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"step-{step:06d}"
@@ -69,6 +76,8 @@ def save_checkpoint(
     try:
         policy.save_pretrained(tmp / "policy")
         torch.save({**state, "step": step}, tmp / STATE_FILE)
+        if config is not None:
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1))
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = {
             "step": step,

@@ -8,6 +8,8 @@ import resource
 from pathlib import Path
 from typing import Any
 
+from tandemrl.runtime.records import read_records
+
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
@@ -15,21 +17,23 @@ def peak_rss_mb() -> float:
 
 
 class MetricsLogger:
-    def __init__(
-        self, run_dir: Path, tensorboard: bool = True, append: bool = False, after_step: int = 0
-    ):
-        """`after_step` > 0 (a resumed run): keep the records of steps up to it, drop later
-        ones (steps the interrupted run logged after its last checkpoint), and append."""
+    def __init__(self, run_dir: Path, tensorboard: bool = True, after_step: int = 0):
+        """A fresh `metrics.jsonl`, or with `after_step` > 0 (a resumed run) the records of
+        steps up to it, the rest dropped (steps the interrupted run logged after its last
+        checkpoint, and a torn last line), then appended to. `notes` says what was dropped."""
         self.path = run_dir / "metrics.jsonl"
+        self.notes: list[str] = []
         if after_step and self.path.is_file():
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= after_step
-            ]
-            self.path.write_text("".join(line + "\n" for line in kept))
-            append = True
-        self._file = self.path.open("a" if append else "w")
+            records, torn = read_records(self.path)
+            kept = [r for r in records if r.get("step", 0) <= after_step]
+            dropped = len(records) - len(kept)
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            if dropped or torn:
+                self.notes.append(
+                    f"metrics.jsonl: kept the {len(kept)} records up to step {after_step}, dropped "
+                    f"{dropped} logged after that checkpoint and {torn} unreadable (torn) line(s)"
+                )
+        self._file = self.path.open("a" if after_step else "w")
         self._tb = None
         if tensorboard:
             try:

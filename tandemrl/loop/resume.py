@@ -8,16 +8,18 @@ the next step is the step the interrupted run would have taken.
 
 from __future__ import annotations
 
+import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tandemrl.errors import ConfigError
 from tandemrl.loop.checkpoint import (
+    CONFIG_FILE,
     CheckpointError,
     find_resume_checkpoint,
-    latest_checkpoint,
     load_trainer_state,
     restore_policy_weights,
     rng_state,
@@ -53,19 +55,52 @@ def resolve_resume(resume: str, run_dir: Path) -> Path | None:
     return path
 
 
-def set_aside_old_checkpoints(run_dir: Path) -> None:
-    """A fresh run in a directory that holds an earlier run's checkpoints moves them to
-    `checkpoints.prev-<time>` (never deletes them), so keep-K pruning cannot eat them."""
-    old = latest_checkpoint(run_dir)
-    root = run_dir / "checkpoints"
-    if old is None and not any(root.glob("step-*")):
-        return
-    target = run_dir / f"checkpoints.prev-{time.strftime('%Y%m%d-%H%M%S')}"
-    root.rename(target)
-    _log(
-        f"warning: {run_dir} already held checkpoints (latest {old.name if old else 'partial'}); "
-        f"moved them to {target}. To continue that run instead, pass resume=auto"
-    )
+# Settings a resumed run cannot change: the weights, the data or the method's state depend on
+# them. Everything else the command line changes applies, and is reported; so do a task's
+# reward functions and weights (the objective, not the data: fixing a reward is a resume).
+FIXED_ON_RESUME = ("method", "model", "task", "task_options", "lora", "reward", "dtype")
+CHANGEABLE = ("task_options.rewards", "task_options.weights")
+NOT_COMPARED = ("resume", "overwrite", "output_dir")
+
+
+def saved_config(checkpoint: Path) -> dict[str, Any] | None:
+    """The resolved config of the run that wrote `checkpoint` (its `config.json`; for older
+    checkpoints the run directory's `config.yaml`), None if neither exists."""
+    inside = Path(checkpoint) / CONFIG_FILE
+    if inside.is_file():
+        return json.loads(inside.read_text())
+    beside = Path(checkpoint).parent.parent / "config.yaml"
+    return yaml.safe_load(beside.read_text()) if beside.is_file() else None
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict) or not tree:
+        return {prefix: tree} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def changes_on_resume(checkpoint: Path, config: dict[str, Any]) -> list[str]:
+    """`key: old -> new` for each setting the command line changed since `checkpoint`'s run;
+    a one-line ConfigError for one that cannot change (`FIXED_ON_RESUME`)."""
+    saved = saved_config(checkpoint)
+    if saved is None:
+        return []
+    old, new = _flat(saved), _flat(config)
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        if key.split(".")[0] in NOT_COMPARED or key not in old or old.get(key) == new.get(key):
+            continue
+        if key.split(".")[0] in FIXED_ON_RESUME and not key.startswith(CHANGEABLE):
+            raise ConfigError(
+                f"resume: {key} was {old[key]!r} in the run that wrote {checkpoint} and is "
+                f"{new.get(key)!r} now; it cannot change when resuming (the weights and the "
+                f"optimizer state depend on it): set {key}={old[key]} or start a new run"
+            )
+        changed.append(f"{key} {old[key]!r} -> {new.get(key)!r}")
+    return changed
 
 
 def trainer_state(method: Any, position: int, rngs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ stop cleanly on signals, stop on runs of non-finite updates, and run data-parall
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -22,18 +23,20 @@ from tandemrl.loop.evaluate import evaluate_with_config, summary_line
 from tandemrl.loop.logging import MetricsLogger, peak_rss_mb
 from tandemrl.loop.prompts import PromptSampler, check_data
 from tandemrl.loop.resume import (
+    changes_on_resume,
     gathered_rng_states,
     resolve_resume,
     restore,
-    set_aside_old_checkpoints,
     trainer_state,
 )
+from tandemrl.loop.run_dir import RunDirLock, check_output_dir, prepare_fresh_run
 from tandemrl.methods import RunContext, get_method_class
 from tandemrl.models import load_model
 from tandemrl.rollout import HFEngine, PolicySampler
 from tandemrl.runtime import distributed as dist
 from tandemrl.runtime.config import TrainConfig
 from tandemrl.runtime.signals import StopSignals, step_scope
+from tandemrl.runtime.update import NonFiniteWeights
 from tandemrl.tasks import get_task
 from tandemrl.tasks.reward_sources import bind_policy_rewards, pop_reward_metrics, reward_specs
 from tandemrl.tasks.rewards import reward_limits
@@ -64,7 +67,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run `cfg` to completion; returns the summary also written to `<output_dir>/summary.json`."""
     owns_group = not dist.is_distributed() and dist.init_from_env()
     try:
-        with reward_limits(cfg.faults.reward_timeout_s, cfg.faults.reward_errors):
+        check_output_dir(Path(cfg.output_dir))
+        # One writer per run directory: rank 0 writes, so rank 0 holds the lock.
+        lock = RunDirLock(Path(cfg.output_dir)) if dist.is_main() else contextlib.nullcontext()
+        with lock, reward_limits(cfg.faults.reward_timeout_s, cfg.faults.reward_errors):
             return Trainer(cfg).run()
     finally:
         if owns_group:
@@ -89,6 +95,13 @@ class Trainer:
         for warning in check_data(cfg, train_examples, self.eval_examples):
             log(warning)
         self.resume_from = resolve_resume(cfg.resume, self.run_dir)
+        self.changed = []
+        if self.resume_from is not None:
+            self.changed = changes_on_resume(self.resume_from, cfg.to_dict())
+        if self.main and not self.continues_here():
+            note = prepare_fresh_run(self.run_dir, cfg.overwrite, cfg.resume == "auto")
+            if note:
+                log(note)
         where = f" on {dist.world_size()} processes" if dist.is_distributed() else ""
         log(f"loading model {cfg.model}{where}")
         self.loaded = load_model(cfg.model, cfg.dtype)
@@ -102,15 +115,22 @@ class Trainer:
         if self.resume_from is not None:
             self.start = restore(self.resume_from, self.method, self.sampler)
             log(f"resumed from {self.resume_from} (step {self.start} of {cfg.steps})")
+            if self.changed:
+                log(f"resume: took from the command line: {'; '.join(self.changed)}")
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            if self.resume_from is None:
-                set_aside_old_checkpoints(self.run_dir)
             config_text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
             (self.run_dir / "config.yaml").write_text(config_text)
         self.evals: dict[str, Any] = {}
         self.step_times: list[float] = []
         self.done, self.streak, self.last_ckpt = self.start, 0, self.resume_from
+        self.silent_steps: list[int] = []  # steps in which every reward abstained
+
+    def continues_here(self) -> bool:
+        """Whether this run continues the run already in `output_dir` (resuming one of its
+        own checkpoints): anything else must not write over an earlier run's files."""
+        ckpt = self.resume_from
+        return ckpt is not None and ckpt.resolve().parent.parent == self.run_dir.resolve()
 
     def draw_prompts(self) -> list:
         """A step's worth of training prompts, this rank's share (every rank draws alike, so
@@ -125,6 +145,8 @@ class Trainer:
         logger = None
         if self.main:
             logger = MetricsLogger(self.run_dir, cfg.log.tensorboard, after_step=self.start)
+            for note in logger.notes:
+                log(note)
         try:
             self.train_steps(logger)
         finally:
@@ -139,7 +161,9 @@ class Trainer:
         log(f"checkpoint saved to {ckpt}")
         if cfg.eval.after and self.eval_examples:
             self.evals["after"] = self.evaluate("after")
-        return self.write_summary(ckpt)
+        summary = self.write_summary(ckpt)
+        self.check_silent_run()
+        return summary
 
     def train_steps(self, logger: MetricsLogger | None) -> None:
         """Steps `start`..`steps`; Ctrl-C saves the last finished step and re-raises."""
@@ -170,11 +194,20 @@ class Trainer:
         with step_scope():  # Ctrl-C after the update commits waits for the log
             t = time.perf_counter()
             self.position, self.rng_before = self.sampler.position, rng_state()
-            metrics = self.method.step(step, self.draw_prompts())
+            try:
+                metrics = self.method.step(step, self.draw_prompts())
+            except NonFiniteWeights as err:
+                where = f"; the last checkpoint, {self.last_ckpt}," if self.last_ckpt else ""
+                raise TrainingError(
+                    f"step {step + 1}: {err}, so the run stops here and saves nothing after it"
+                    f"{where or '; no checkpoint was written yet'} has finite weights. Lower "
+                    "optim.lr (or set optim.max_grad_norm), then resume"
+                ) from None
             metrics.update(pop_reward_metrics(self.task.rewards))
             metrics["time/step_s"] = time.perf_counter() - t
             metrics["memory/peak_rss_mb"] = peak_rss_mb()
             metrics = dist.gather_metrics(metrics)
+            self.check_reward_signal(step, metrics)
             skipped = any(k.endswith("update_skipped") and v for k, v in metrics.items())
             self.streak = self.streak + 1 if skipped else 0
             metrics["nonfinite/consecutive"] = float(self.streak)
@@ -216,14 +249,53 @@ class Trainer:
         if cfg.eval.every and done % cfg.eval.every == 0 and done < cfg.steps and self.main:
             self.evals[f"step_{done}"] = self.evaluate(f"step {done}")
 
+    def check_reward_signal(self, step: int, metrics: dict[str, Any]) -> None:
+        """Warn about a step in which every reward abstained (no learning signal)."""
+        mean = metrics.get("reward/mean")
+        if isinstance(mean, float) and math.isnan(mean):
+            self.silent_steps.append(step + 1)
+            log(
+                f"warning: step {step + 1}: every reward abstained (the reward functions "
+                "returned None/NaN or raised on every row): no learning signal"
+            )
+
+    def check_silent_run(self) -> None:
+        """A run in which most steps had no reward at all did not do what was asked."""
+        ran = self.done - self.start
+        limit = self.cfg.faults.max_silent_frac
+        if ran and len(self.silent_steps) > limit * ran:
+            raise TrainingError(
+                f"{len(self.silent_steps)} of the {ran} steps run had no reward at all (every "
+                f"reward abstained: steps {self.silent_steps[:8]}"
+                f"{' ...' if len(self.silent_steps) > 8 else ''}), more than "
+                f"faults.max_silent_frac={limit}: check the reward functions (their warnings "
+                "above name the failing rows); the run directory is complete"
+            )
+
     # -- checkpoints and evaluation ---------------------------------------------------------
     def save(self, step: int) -> Path | None:
-        """A checkpoint of the current state (collective parts on every rank; rank 0 writes)."""
+        """A checkpoint of the current state (collective parts on every rank; rank 0 writes).
+        A write that fails (a full disk) stops the run with one line; the checkpoints already
+        written stay valid."""
         state = trainer_state(self.method, self.sampler.position, gathered_rng_states())
         if not self.main:
             return None
         policy = self.method.eval_policy()
-        return save_checkpoint(self.run_dir, step, policy, state, self.cfg.checkpoint.keep)
+        try:
+            return save_checkpoint(
+                self.run_dir, step, policy, state, self.cfg.checkpoint.keep, self.cfg.to_dict()
+            )
+        except OSError as err:
+            last = (
+                f"the last complete checkpoint is {self.last_ckpt}"
+                if self.last_ckpt
+                else "no checkpoint was written"
+            )
+            raise TrainingError(
+                f"could not write the checkpoint of step {step} to {self.run_dir}/checkpoints: "
+                f"{err.strerror or err}; {last}. Free space, then resume with: "
+                f"{resume_command(self.run_dir)}"
+            ) from None
 
     def save_on_interrupt(self, step: int) -> None:
         """After Ctrl-C: the state as of the last finished step, written by rank 0 alone (no
@@ -237,7 +309,8 @@ class Trainer:
         position = self.position if in_flight else self.sampler.position
         state = trainer_state(self.method, position, rngs)
         policy = self.method.eval_policy()
-        ckpt = save_checkpoint(self.run_dir, done, policy, state, self.cfg.checkpoint.keep)
+        keep, config = self.cfg.checkpoint.keep, self.cfg.to_dict()
+        ckpt = save_checkpoint(self.run_dir, done, policy, state, keep, config)
         log(f"interrupted after step {done}; checkpoint saved to {ckpt}")
         log(f"resume with: {resume_command(self.run_dir)}")
         log(f"evaluate it with: tandem eval checkpoint={ckpt}")

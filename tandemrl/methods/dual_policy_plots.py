@@ -8,11 +8,12 @@ reads `metrics.jsonl` and draws, for each policy prefix, task reward and diversi
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from tandemrl.runtime.records import read_metrics
 
 PANELS = (
     ("reward/mean", "task reward (mean)"),
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m tandemrl.methods.dual_policy_plots RUN_DIR", file=sys.stderr)
         return 2
     run = Path(args[0])
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run / "metrics.jsonl")
     print(plot_policies(records, run / "policies.png"))
     return 0
 

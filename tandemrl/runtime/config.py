@@ -11,6 +11,7 @@ so adding a method adds its section without touching this file.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -47,7 +48,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.99
-    max_grad_norm: float = 1.0
+    max_grad_norm: float | None = 1.0  # None: no clipping (the norm is still logged)
     # Sequences per forward/backward; gradients accumulate to one update per step.
     micro_batch_size: int = 8
     warmup_steps: int = 0
@@ -85,6 +86,9 @@ class FaultConfig:
     # `abstain`: a row on which a reward raises or times out abstains and is counted;
     # `raise`: the first such row stops the run, naming the function and the row.
     reward_errors: Literal["abstain", "raise"] = "abstain"
+    # A step in which every reward abstained has no learning signal; a run with more than
+    # this share of such steps ends with an error (exit 2) instead of 0.
+    max_silent_frac: float = 0.5
 
 
 @dataclass
@@ -109,6 +113,8 @@ class TrainConfig:
     # "" = start fresh; "auto" = continue the newest valid checkpoint in output_dir (fresh if
     # none); a path = continue that checkpoint.
     resume: str = ""
+    # A fresh run refuses an output_dir that holds an earlier run; true replaces it.
+    overwrite: bool = False
     # Where the rewards come from: "task" (its own) or "duality" (the DuPO paper's duality reward,
     # tandemrl.tasks.duality_reward).
     reward: str = "task"
@@ -138,25 +144,70 @@ class TrainConfig:
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Fail before any slow work: names that do not resolve and values out of range."""
+    """Fail before any slow work: names that do not resolve and values out of range, each
+    with one line naming the key (numbers that pass here must not wreck training)."""
     from tandemrl.models.loading import resolve_model_kind
 
     resolve_model_kind(cfg.model)
+    r, o, lora = cfg.rollout, cfg.optim, cfg.lora
+    grad_norm = o.max_grad_norm
     checks = [
         (cfg.steps >= 0, "steps must be >= 0"),
-        (cfg.rollout.prompts_per_step >= 1, "rollout.prompts_per_step must be >= 1"),
-        (cfg.rollout.group_size >= 1, "rollout.group_size must be >= 1"),
-        (cfg.rollout.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1"),
-        (cfg.optim.micro_batch_size >= 1, "optim.micro_batch_size must be >= 1"),
-        (cfg.optim.lr > 0, "optim.lr must be > 0"),
+        (0 <= cfg.seed < 2**32, f"seed must be an integer in [0, 2**32), got {cfg.seed}"),
+        (r.prompts_per_step >= 1, "rollout.prompts_per_step must be >= 1"),
+        (r.group_size >= 1, "rollout.group_size must be >= 1"),
+        (r.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1"),
+        (
+            math.isfinite(r.temperature) and r.temperature > 0,
+            f"rollout.temperature must be > 0, got {r.temperature}: training samples several "
+            "responses per prompt, and at 0 they are all the same (no learning signal); "
+            "greedy decoding is for evaluation (eval.pass_k=0 evaluates greedily only)",
+        ),
+        (0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}"),
+        (
+            r.generation_batch_size is None or r.generation_batch_size >= 1,
+            "rollout.generation_batch_size must be >= 1 or null (the whole step)",
+        ),
+        (o.micro_batch_size >= 1, "optim.micro_batch_size must be >= 1"),
+        (
+            0 < o.lr <= 1,
+            f"optim.lr must be in (0, 1], got {o.lr}: AdamW moves every weight by about lr a "
+            "step, so a larger lr wrecks the model on the first update",
+        ),
+        (
+            grad_norm is None or (math.isfinite(grad_norm) and grad_norm > 0),
+            f"optim.max_grad_norm must be > 0 (or null: no clipping), got {grad_norm}; 0 "
+            "would stop every update and a negative norm reverses it",
+        ),
+        (math.isfinite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay must be >= 0"),
+        (0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)"),
+        (o.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
+        (lora.r >= 1, f"lora.r (the LoRA rank) must be >= 1, got {lora.r}"),
+        (math.isfinite(lora.alpha) and lora.alpha > 0, f"lora.alpha must be > 0, got {lora.alpha}"),
+        (0 <= lora.dropout < 1, f"lora.dropout must be in [0, 1), got {lora.dropout}"),
+        (
+            lora.top_layers is None or lora.top_layers >= 1,
+            "lora.top_layers must be >= 1 or null (all layers)",
+        ),
+        (cfg.eval.size >= 0, "eval.size must be >= 0"),
         (cfg.eval.pass_k >= 0, "eval.pass_k must be >= 0"),
+        (cfg.eval.batch_size >= 1, "eval.batch_size must be >= 1"),
+        (cfg.eval.every >= 0, "eval.every must be >= 0 (0 = never)"),
+        (
+            math.isfinite(cfg.eval.pass_temperature) and cfg.eval.pass_temperature > 0,
+            "eval.pass_temperature must be > 0 (pass@k samples)",
+        ),
         (cfg.checkpoint.keep >= 1, "checkpoint.keep must be >= 1"),
         (cfg.checkpoint.every >= 0, "checkpoint.every must be >= 0 (0 = only at the end)"),
         (cfg.faults.max_nonfinite_steps >= 0, "faults.max_nonfinite_steps must be >= 0"),
         (cfg.faults.reward_timeout_s >= 0, "faults.reward_timeout_s must be >= 0 (0 = none)"),
         (
-            0 <= cfg.overlong.buffer <= cfg.rollout.max_new_tokens,
-            f"overlong.buffer must be in [0, rollout.max_new_tokens={cfg.rollout.max_new_tokens}]"
+            0 <= cfg.faults.max_silent_frac <= 1,
+            "faults.max_silent_frac must be in [0, 1] (share of steps without any reward)",
+        ),
+        (
+            0 <= cfg.overlong.buffer <= r.max_new_tokens,
+            f"overlong.buffer must be in [0, rollout.max_new_tokens={r.max_new_tokens}]"
             f" (0 = off), got {cfg.overlong.buffer}",
         ),
     ]

@@ -24,13 +24,15 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from tandemrl.errors import Interrupted
+
 _state = {"depth": 0, "pending": False, "in_step": False, "committed": False}
 
 
 def _release() -> None:
     if _state["pending"]:
         _state["pending"] = False
-        raise KeyboardInterrupt
+        raise Interrupted
 
 
 @contextlib.contextmanager
@@ -65,7 +67,7 @@ def _abandon() -> None:
     if _state["depth"] or _state["committed"]:
         _state["pending"] = True
         return
-    raise KeyboardInterrupt
+    raise Interrupted
 
 
 class StopSignals:

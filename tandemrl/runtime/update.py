@@ -38,6 +38,10 @@ from tandemrl.runtime.config import OptimConfig
 from tandemrl.runtime.signals import commit
 
 
+class NonFiniteWeights(RuntimeError):
+    """An optimizer step left non-finite weights; the trainer stops the run on it."""
+
+
 @dataclass
 class ParamGroup:
     """Parameters updated together by one optimizer on one schedule."""
@@ -109,6 +113,7 @@ class UpdateEngine:
         self, groups: Iterable[ParamGroup], optim: OptimConfig, horizon: int | None = None
     ) -> None:
         self.groups = {g.name: g for g in groups}
+        self.optim = optim
         self.max_grad_norm = optim.max_grad_norm
         # Dr.GRPO's constant (`seq-mean-token-sum-norm`): the generation budget, the same
         # every step, not the width of this step's longest response.
@@ -208,7 +213,18 @@ class UpdateEngine:
                 out[name] = {"grad_norm": norms[name], "lr": lr, "update_skipped": float(skip)}
         for name in groups:
             self.optimizers[name].zero_grad(set_to_none=True)
+        if not skip:
+            self.check_finite(groups)
         return out
+
+    def check_finite(self, groups: Sequence[str]) -> None:
+        """Raise `NonFiniteWeights` when an update left a weight NaN or inf (an lr of 1e30,
+        say): every later step would be skipped, and a checkpoint would keep the damage."""
+        for name in groups:
+            if not all(bool(torch.isfinite(p).all()) for p in self.groups[name].params):
+                raise NonFiniteWeights(
+                    f"the update made {name!r} weights non-finite (lr {self.lr(name):.3g})"
+                )
 
     def advance_schedule(self, groups: Sequence[str]) -> None:
         """A step with nothing to learn from (no preference pair, say): the schedules move
@@ -226,9 +242,24 @@ class UpdateEngine:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name in self.groups:
-            self.optimizers[name].load_state_dict(state["optimizers"][name])
-            self.schedulers[name].load_state_dict(state["schedulers"][name])
+        """Restore optimizer moments and schedule positions. The hyperparameters are the
+        config's, not the saved ones: a run resumed with another `optim.lr` (the usual
+        recovery after a blow-up), weight decay or betas trains with them, and a new `steps`
+        stretches the schedule (its length comes from the config)."""
+        for name, group in self.groups.items():
+            opt, sched = self.optimizers[name], self.schedulers[name]
+            opt.load_state_dict(state["optimizers"][name])
+            sched.load_state_dict(state["schedulers"][name])
+            sched.base_lrs = [group.lr] * len(opt.param_groups)
+            lr = group.lr * sched.lr_lambdas[0](sched.last_epoch)
+            for param_group in opt.param_groups:
+                param_group.update(
+                    initial_lr=group.lr,
+                    lr=lr,
+                    betas=(self.optim.beta1, self.optim.beta2),
+                    weight_decay=self.optim.weight_decay,
+                )
+            sched._last_lr = [lr] * len(opt.param_groups)
 
 
 def _concat_scores(parts: list[TokenScores]) -> TokenScores | None:

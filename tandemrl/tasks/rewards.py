@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tandemrl.errors import Interrupted
 from tandemrl.tasks.base import RewardSpec, completion_text
 from tandemrl.tasks.extraction import extract_number, extract_text
 from tandemrl.tasks.registry import TaskOptionError
@@ -177,6 +178,8 @@ def _checked(
         if value is None:
             values.append(None)
         elif isinstance(value, numbers.Real) and not math.isinf(float(value)):
+            # NaN abstains, as None does (TRL's convention); a step in which every reward
+            # abstained is reported by the trainer (faults.max_silent_frac)
             values.append(None if math.isnan(float(value)) else float(value))
         else:
             raise RewardFunctionError(
@@ -184,6 +187,20 @@ def _checked(
                 f"{_row(offset + index, row_ids)}; expected a finite float or None"
             )
     return values
+
+
+def _ends_the_process(spec: RewardSpec, err: BaseException, count: int) -> RewardFunctionError:
+    """A reward function that calls sys.exit or raises KeyboardInterrupt would end the run as
+    if it had finished (exit 0) or been interrupted: report it as that function's error."""
+    what = (
+        f"called sys.exit({err.code!r})"
+        if isinstance(err, SystemExit)
+        else "raised KeyboardInterrupt"
+    )
+    return RewardFunctionError(
+        f"reward function {spec.name!r} ({describe_function(spec.fn)}) {what} on a batch of "
+        f"{count} completions; a reward function must return its values, not end the process"
+    )
 
 
 def run_reward(
@@ -211,6 +228,10 @@ def run_reward(
             ),
             timeout_s,
         )
+    except Interrupted:  # Ctrl-C from the user, not from the function
+        raise
+    except (SystemExit, KeyboardInterrupt) as err:
+        raise _ends_the_process(spec, err, count) from None
     except (Exception, RewardTimeout):  # retried row by row below, to find the failing rows
         pass
     else:
@@ -231,6 +252,10 @@ def run_reward(
                 ),
                 timeout_s,
             )
+        except Interrupted:
+            raise
+        except (SystemExit, KeyboardInterrupt) as err:
+            raise _ends_the_process(spec, err, 1) from None
         except (Exception, RewardTimeout) as err:  # the row abstains; the run goes on
             if on_error == "raise":
                 raise RewardFunctionError(
