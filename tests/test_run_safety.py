@@ -201,6 +201,13 @@ def exits_on_third_call(prompts, completions, **_):
     return [1.0 if "a" in c else 0.0 for c in completions]
 
 
+def interrupts_on_third_call(prompts, completions, **_):
+    CALLS["n"] += 1
+    if CALLS["n"] == 3:
+        raise KeyboardInterrupt
+    return [1.0 if "a" in c else 0.0 for c in completions]
+
+
 def always_nan(prompts, completions, **_):
     return [float("nan")] * len(completions)
 
@@ -212,13 +219,22 @@ def _jsonl(tmp_path: Path, reward: str) -> list[str]:
             "task_options.eval_size=1"]  # fmt: skip
 
 
-def test_a_reward_that_calls_sys_exit_is_its_error(tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("reward", "what"),
+    [("exits_on_third_call", "called sys.exit(0)"),
+     ("interrupts_on_third_call", "raised KeyboardInterrupt")],
+)  # fmt: skip
+def test_a_reward_that_ends_the_process_is_its_error(tmp_path, capsys, reward, what):
+    """Not exit 0 (sys.exit) nor 130 (as if the user pressed Ctrl-C): exit 2 naming it."""
     CALLS["n"] = 0
     out = tmp_path / "run"
-    assert _train(out, "steps=5", *_jsonl(tmp_path, f"{__name__}:exits_on_third_call")) == 2
+    assert (
+        _train(out, "steps=5", "checkpoint.every=1", *_jsonl(tmp_path, f"{__name__}:{reward}")) == 2
+    )
     line = _error(capsys)
-    assert "reward function 'exits_on_third_call'" in line and "called sys.exit(0)" in line
+    assert f"reward function '{reward}'" in line and what in line
     assert not (out / "summary.json").exists()
+    verify_checkpoint(out / "checkpoints" / "step-000002")  # the steps before it are kept
 
 
 def test_a_run_without_reward_signal_ends_non_zero(tmp_path, capsys):
