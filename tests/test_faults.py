@@ -149,7 +149,7 @@ def test_fail_fast_names_the_function_and_the_row():
 def existing_run(tmp_path):
     out = tmp_path / "run"
     assert main(["train", *RUN, "steps=1", f"output_dir={out}"]) == 0
-    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".tandem.lock"}
     return out, files
 
 
@@ -220,7 +220,9 @@ def test_bad_input_stops_with_a_message_and_loses_no_checkpoint(
     assert main(["train", *RUN, "steps=2", f"output_dir={out}", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("tandem: error: ") and message in err, err
-    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+    assert {
+        p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".tandem.lock"
+    } == files
     verify_checkpoint(out / "checkpoints" / "step-000001")
 
 

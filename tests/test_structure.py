@@ -24,8 +24,10 @@ FLOORS = {
     "methods": 4,
     "loop": 5,
     "bench": 6,
-    "cli": 7,  # `tandem ...`, over everything including `tandem bench`
-    "__init__": 8,  # the package's own entry point
+    "api": 7,  # tandemrl.train(...), the Python API
+    "cli": 8,  # `tandem ...` over the API, and `tandem bench`
+    "__init__": 9,  # the package's own entry points
+    "__main__": 9,
 }
 MAX_FUNCTION_LINES = 80
 SHORT_FUNCTION_PACKAGES = ("methods", "loop", "runtime")

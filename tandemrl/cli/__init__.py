@@ -56,12 +56,35 @@ def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_train(args: list[str]) -> int:
-    from tandemrl.loop import load_config
-    from tandemrl.loop.trainer import train
+    from tandemrl.api import train
 
     config, overrides = _split_args(args)
-    cfg = load_config(config, overrides)
-    train(cfg)
+    train(config, overrides=overrides)
+    return 0
+
+
+HELP_USAGE = {
+    "train": "tandem train [CONFIG.yaml] [key=value ...]",
+    "eval": "tandem eval [CONFIG.yaml] [checkpoint=DIR] [policy=NAME] [mode=NAME] [key=value ...]",
+    "rerank": "tandem rerank [CONFIG.yaml] [checkpoint=DIR] [n=8] [k=8] [temperature=0.7] [key=value ...]",
+    "export": "tandem export checkpoint=DIR out=DIR [policy=NAME] [merged=true]",
+}
+
+
+def print_config_help(command: str, args: list[str]) -> int:
+    """`tandem <command> --help [CONFIG.yaml] [method=NAME]`: usage, then every config key
+    with its default and meaning (the method's own section for `method=`)."""
+    from tandemrl.loop import load_config
+    from tandemrl.runtime.config_help import config_help
+
+    config, overrides = _split_args([a for a in args if a not in ("-h", "--help")])
+    keep = [o for o in overrides if o.split("=", 1)[0] in ("method", "model")]
+    cfg = load_config(config, keep)
+    print(f"usage: {HELP_USAGE[command]}\n")
+    print(
+        f"config keys (YAML sections or key=value), with their defaults here{' and ' + config if config else ''}:"
+    )
+    print(config_help(cfg))
     return 0
 
 
@@ -219,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("args", nargs=argparse.REMAINDER)
     ns = parser.parse_args(argv)
     try:
+        if ns.command in HELP_USAGE and ({"-h", "--help"} & set(ns.args)):
+            return print_config_help(ns.command, ns.args)
         return COMMANDS[ns.command](ns.args)
     except KeyboardInterrupt:
         print("tandem: interrupted", file=sys.stderr)

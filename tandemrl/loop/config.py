@@ -35,7 +35,13 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Defaults <- YAML file <- `key=value` overrides, validated against the dataclasses."""
     data: dict[str, Any] = read_config_file(path) if path is not None else {}
-    data = deep_merge(data, parse_overrides(overrides or []))
+    return config_from_dict(deep_merge(data, parse_overrides(overrides or [])))
+
+
+def config_from_dict(data: dict[str, Any], check_model: bool = True) -> TrainConfig:
+    """A validated `TrainConfig` from the nested mapping a YAML file holds (`check_model`
+    False: the model is given as an object, its name is only a label)."""
+    data = dict(data)
     method_name = data.get("method", TrainConfig.method)
     method_cls = get_method_class(method_name)
     # A registered method's section is its name; an imported `module:Class` uses Class.name.
@@ -44,6 +50,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg = from_dict(TrainConfig, data)
     cfg._method_section = section_name
     cfg.method_config = from_dict(method_cls.Config, section, path=section_name)
-    validate(cfg)
+    validate(cfg, check_model=check_model)
     method_cls.check_config(cfg)
     return cfg

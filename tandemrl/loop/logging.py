@@ -1,4 +1,4 @@
-"""Metrics to `metrics.jsonl` (one object per step) and, optionally, TensorBoard."""
+"""Metrics to `metrics.jsonl` (one object per step) and to the trackers (`loop.trackers`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import resource
 from pathlib import Path
 from typing import Any
 
+from tandemrl.loop.trackers import Tracker
 from tandemrl.runtime.records import read_records
 
 
@@ -17,11 +18,15 @@ def peak_rss_mb() -> float:
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path, tensorboard: bool = True, after_step: int = 0):
+    def __init__(
+        self, run_dir: Path, trackers: list[Tracker] | None = None, after_step: int = 0
+    ) -> None:
         """A fresh `metrics.jsonl`, or with `after_step` > 0 (a resumed run) the records of
         steps up to it, the rest dropped (steps the interrupted run logged after its last
         checkpoint, and a torn last line), then appended to. `notes` says what was dropped."""
         self.path = run_dir / "metrics.jsonl"
+        self.completions_path = run_dir / "completions.jsonl"
+        self.trackers = list(trackers or [])
         self.notes: list[str] = []
         if after_step and self.path.is_file():
             records, torn = read_records(self.path)
@@ -34,29 +39,38 @@ class MetricsLogger:
                     f"{dropped} logged after that checkpoint and {torn} unreadable (torn) line(s)"
                 )
         self._file = self.path.open("a" if after_step else "w")
-        self._tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                purge = {"purge_step": after_step + 1} if after_step else {}
-                self._tb = SummaryWriter(str(run_dir / "tensorboard"), **purge)
-            except ImportError:  # tensorboard is optional for library users
-                self._tb = None
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
-        if self._tb is not None:
-            for key, value in metrics.items():
-                if isinstance(value, (int, float)) and math.isfinite(value):
-                    self._tb.add_scalar(key, value, step)
+        for tracker in self.trackers:
+            tracker.log(step, metrics)
+
+    def log_completions(self, step: int, rows: list[dict[str, Any]]) -> None:
+        """A table of sampled completions: appended to `completions.jsonl` (each row with its
+        step) and sent to every tracker as `completions`."""
+        with self.completions_path.open("a") as f:
+            for row in rows:
+                f.write(
+                    json.dumps({"step": step, **{k: _jsonable(v) for k, v in row.items()}}) + "\n"
+                )
+        for tracker in self.trackers:
+            tracker.log_table(step, "completions", rows)
+
+    def log_eval(self, step: int, tag: str, result: dict[str, Any]) -> None:
+        """A held-out evaluation's numbers to the trackers as `eval/<tag>/<metric>` (the
+        whole result, examples included, is in eval.json)."""
+        numbers = {
+            f"eval/{tag.replace(' ', '_')}/{k}": v for k, v in result.items() if k != "examples"
+        }
+        for tracker in self.trackers:
+            tracker.log(step, numbers)
 
     def close(self) -> None:
         self._file.close()
-        if self._tb is not None:
-            self._tb.close()
+        for tracker in self.trackers:
+            tracker.close()
 
 
 def _jsonable(value: Any) -> Any:

@@ -10,6 +10,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from tandemrl.loop.callbacks import Callbacks
 from tandemrl.loop.checkpoint import rng_state, save_checkpoint
+from tandemrl.loop.completions import completion_rows
 from tandemrl.loop.evaluate import evaluate_with_config, summary_line
 from tandemrl.loop.logging import MetricsLogger, peak_rss_mb
 from tandemrl.loop.prompts import PromptSampler, check_data
@@ -30,15 +33,21 @@ from tandemrl.loop.resume import (
     trainer_state,
 )
 from tandemrl.loop.run_dir import RunDirLock, check_output_dir, prepare_fresh_run
+from tandemrl.loop.trackers import open_trackers
 from tandemrl.methods import RunContext, get_method_class
-from tandemrl.models import load_model
+from tandemrl.models import LoadedModel, load_model
 from tandemrl.rollout import HFEngine, PolicySampler
 from tandemrl.runtime import distributed as dist
 from tandemrl.runtime.config import TrainConfig
 from tandemrl.runtime.signals import StopSignals, step_scope
 from tandemrl.runtime.update import NonFiniteWeights
-from tandemrl.tasks import get_task
-from tandemrl.tasks.reward_sources import bind_policy_rewards, pop_reward_metrics, reward_specs
+from tandemrl.tasks import Task, get_task
+from tandemrl.tasks.reward_sources import (
+    bind_policy_rewards,
+    bind_reward_device,
+    pop_reward_metrics,
+    reward_specs,
+)
 from tandemrl.tasks.rewards import reward_limits
 
 EXIT_SIGTERM = 128 + 15
@@ -63,15 +72,26 @@ def resume_command(run_dir: Path) -> str:
     return f"tandem train {run_dir / 'config.yaml'} resume=auto"
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run `cfg` to completion; returns the summary also written to `<output_dir>/summary.json`."""
+def train(
+    cfg: TrainConfig,
+    *,
+    loaded: LoadedModel | None = None,
+    task: Task | None = None,
+    callbacks: Sequence[Any] = (),
+) -> Trainer:
+    """Run `cfg` to completion and return the finished `Trainer` (its `summary` is also in
+    `<output_dir>/summary.json`, its `method.eval_policy()` the trained model). `loaded` and
+    `task` replace the model and task the config names (Python API); `callbacks` see every
+    step's metrics, each evaluation and the end (`loop.callbacks`)."""
     owns_group = not dist.is_distributed() and dist.init_from_env()
     try:
         check_output_dir(Path(cfg.output_dir))
         # One writer per run directory: rank 0 writes, so rank 0 holds the lock.
         lock = RunDirLock(Path(cfg.output_dir)) if dist.is_main() else contextlib.nullcontext()
         with lock, reward_limits(cfg.faults.reward_timeout_s, cfg.faults.reward_errors):
-            return Trainer(cfg).run()
+            trainer = Trainer(cfg, loaded=loaded, task=task, callbacks=callbacks)
+            trainer.run()
+            return trainer
     finally:
         if owns_group:
             dist.shutdown()
@@ -82,13 +102,21 @@ class Trainer:
     and restores a checkpoint when resuming (nothing slow happens before the input is known
     to be good); `run` trains, evaluates and writes the run directory."""
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        loaded: LoadedModel | None = None,
+        task: Task | None = None,
+        callbacks: Sequence[Any] = (),
+    ) -> None:
         self.cfg = cfg
         self.started = time.perf_counter()
         self.main = dist.is_main()
         self.run_dir = Path(cfg.output_dir)
         seed_everything(cfg.seed)
-        self.task = get_task(cfg.task, **cfg.task_options)
+        self.callbacks = Callbacks(callbacks)
+        self.task = task if task is not None else get_task(cfg.task, **cfg.task_options)
         self.task.rewards = reward_specs(cfg, self.task)  # `reward=`: the task's, or duality
         train_examples = list(self.task.train_examples())
         self.eval_examples = list(self.task.eval_examples())[: cfg.eval.size]
@@ -104,13 +132,14 @@ class Trainer:
                 log(note)
         where = f" on {dist.world_size()} processes" if dist.is_distributed() else ""
         log(f"loading model {cfg.model}{where}")
-        self.loaded = load_model(cfg.model, cfg.dtype)
+        self.loaded = loaded if loaded is not None else load_model(cfg.model, cfg.dtype)
         self.sampler = PromptSampler(train_examples, cfg.seed)
         run = RunContext(cfg, self.loaded, self.task, draw_prompts=self.draw_prompts)
         self.method = get_method_class(cfg.method)(run)
         dist.broadcast_parameters(self.method.policy)
         engine = HFEngine(self.loaded.tokenizer, cfg.eval.batch_size)
         bind_policy_rewards(self.task.rewards, PolicySampler(self.method.eval_policy, engine))
+        bind_reward_device(self.task.rewards, next(self.method.policy.parameters()).device)
         self.start = 0
         if self.resume_from is not None:
             self.start = restore(self.resume_from, self.method, self.sampler)
@@ -139,31 +168,36 @@ class Trainer:
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Train, save, evaluate and write the run directory; returns (and keeps as
+        `self.summary`) what `summary.json` holds."""
         cfg = self.cfg
-        if cfg.eval.before and self.eval_examples and self.start == 0 and self.main:
-            self.evals["before"] = self.evaluate("before")
-        logger = None
+        self.logger = None
         if self.main:
-            logger = MetricsLogger(self.run_dir, cfg.log.tensorboard, after_step=self.start)
-            for note in logger.notes:
+            trackers = open_trackers(cfg, self.run_dir, self.start)
+            self.logger = MetricsLogger(self.run_dir, trackers, after_step=self.start)
+            for note in self.logger.notes:
                 log(note)
         try:
-            self.train_steps(logger)
+            if cfg.eval.before and self.eval_examples and self.start == 0 and self.main:
+                self.evals["before"] = self.evaluate("before")
+            self.train_steps(self.logger)
+            if self.done > self.start or self.last_ckpt is None:
+                ckpt = self.save(cfg.steps if self.done >= cfg.steps else self.done)
+            else:
+                ckpt = self.last_ckpt
+            if not self.main:
+                self.summary = {**self.header(), "rank": dist.rank()}
+                return self.summary
+            log(f"checkpoint saved to {ckpt}")
+            if cfg.eval.after and self.eval_examples:
+                self.evals["after"] = self.evaluate("after")
+            self.summary = self.write_summary(ckpt)
         finally:
-            if logger:
-                logger.close()
-        if self.done > self.start or self.last_ckpt is None:
-            ckpt = self.save(cfg.steps if self.done >= cfg.steps else self.done)
-        else:
-            ckpt = self.last_ckpt
-        if not self.main:
-            return {**self.header(), "rank": dist.rank()}
-        log(f"checkpoint saved to {ckpt}")
-        if cfg.eval.after and self.eval_examples:
-            self.evals["after"] = self.evaluate("after")
-        summary = self.write_summary(ckpt)
+            if self.logger:
+                self.logger.close()
+        self.callbacks.on_train_end(self.summary)
         self.check_silent_run()
-        return summary
+        return self.summary
 
     def train_steps(self, logger: MetricsLogger | None) -> None:
         """Steps `start`..`steps`; Ctrl-C saves the last finished step and re-raises."""
@@ -214,6 +248,11 @@ class Trainer:
             self.step_times.append(metrics["time/step_s"])
             if logger:
                 logger.log(step + 1, metrics)
+                every = self.cfg.log.completions_every
+                if every and (step + 1) % every == 0 and self.method.last_state is not None:
+                    rows = completion_rows(self.method.last_state, self.cfg.log.completions_rows)
+                    logger.log_completions(step + 1, rows)
+            self.callbacks.on_step(step + 1, metrics)
             self.done = step + 1
         return metrics
 
@@ -327,6 +366,9 @@ class Trainer:
         )
         result["time_s"] = time.perf_counter() - t
         log(f"held-out {tag}: {summary_line(result)}")
+        if self.logger:
+            self.logger.log_eval(self.done, tag, result)
+        self.callbacks.on_evaluate(tag, result)
         return result
 
     # -- the run directory's summary --------------------------------------------------------

@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 from tandemrl.errors import ConfigError
 from tandemrl.rollout import RolloutBatch
 from tandemrl.rollout.generate import encode_prompts
-from tandemrl.tasks.jsonl import read_json_lines
+from tandemrl.tasks.rows import read_json_lines
 
 REQUIRED = ("prompt", "chosen", "rejected")
 

@@ -23,14 +23,14 @@ from torch import nn
 class LoraConfig:
     """LoRA settings. `enabled="auto"` means LoRA for pretrained models, full fine-tune for `tiny`."""
 
-    enabled: bool | str = "auto"
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: str | list[str] = "all-linear"
+    enabled: bool | str = "auto"  # auto: LoRA on pretrained models, full fine-tune on tiny
+    r: int = 16  # the rank
+    alpha: int = 32  # the scale numerator: updates are scaled by alpha / r
+    dropout: float = 0.0  # dropout on the adapter's input
+    target_modules: str | list[str] = "all-linear"  # peft's target_modules
     # Only adapt the top N decoder layers (None = all). Lower layers stay shared and frozen.
     top_layers: int | None = None
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # more peft LoraConfig keyword arguments
 
 
 def lora_peft_config(model: nn.Module, cfg: LoraConfig):

@@ -23,11 +23,11 @@ from tandemrl.tasks.duality_reward import DualityConfig
 
 @dataclass
 class RolloutConfig:
-    prompts_per_step: int = 8
-    group_size: int = 4
-    max_new_tokens: int = 32
-    temperature: float = 1.0
-    top_p: float = 1.0
+    prompts_per_step: int = 8  # prompts a step trains on (over all processes)
+    group_size: int = 4  # responses sampled per prompt (GRPO's G)
+    max_new_tokens: int = 32  # the generation budget (also Dr.GRPO's constant)
+    temperature: float = 1.0  # sampling temperature (> 0); log-probs are scored at it too
+    top_p: float = 1.0  # nucleus sampling (1 = off)
     # Sequences decoded at once (None = the whole step's batch).
     generation_batch_size: int | None = None
 
@@ -44,33 +44,33 @@ class OverlongConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.99
+    lr: float = 1e-4  # AdamW's learning rate (a method may have its own, e.g. dupo.lr_*)
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    beta1: float = 0.9  # AdamW's first-moment decay
+    beta2: float = 0.99  # AdamW's second-moment decay
     max_grad_norm: float | None = 1.0  # None: no clipping (the norm is still logged)
     # Sequences per forward/backward; gradients accumulate to one update per step.
     micro_batch_size: int = 8
-    warmup_steps: int = 0
-    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0  # optimizer updates of linear warmup
+    schedule: Literal["constant", "linear", "cosine"] = "constant"  # lr after warmup
 
 
 @dataclass
 class EvalConfig:
     size: int = 64  # held-out examples (capped by the task's eval split)
     pass_k: int = 4  # samples per example for pass@k (0 = greedy accuracy only)
-    pass_temperature: float = 1.0
-    batch_size: int = 32
+    pass_temperature: float = 1.0  # temperature of the pass@k samples
+    batch_size: int = 32  # sequences decoded at once in evaluation
     before: bool = True  # evaluate the starting policy before training
-    after: bool = True
+    after: bool = True  # evaluate the trained policy after training
     every: int = 0  # also every N steps (0 = never)
-    show_examples: int = 3
+    show_examples: int = 3  # completions printed after the run
 
 
 @dataclass
 class CheckpointConfig:
     every: int = 0  # steps between checkpoints (0 = only at the end)
-    keep: int = 2
+    keep: int = 2  # newest complete checkpoints kept
 
 
 @dataclass
@@ -93,23 +93,34 @@ class FaultConfig:
 
 @dataclass
 class LogConfig:
-    tensorboard: bool = True
-    progress: bool = True
+    # Where metrics go besides metrics.jsonl: tensorboard, wandb (offline unless
+    # WANDB_API_KEY or WANDB_MODE says otherwise), trackio; the same metric names in each.
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    tensorboard: bool = True  # false drops tensorboard from trackers (the older switch)
+    progress: bool = True  # progress bars
+    project: str = "tandemrl"  # the W&B / trackio project
+    run_name: str | None = None  # the W&B / trackio run name (None: output_dir's name)
+    # Every N steps (0 = never): a table of sampled completions (prompt, completion, each
+    # reward, advantage) to completions.jsonl and the trackers; `completions_rows` rows of it.
+    completions_every: int = 0
+    completions_rows: int = 8
 
 
 @dataclass
 class TrainConfig:
-    method: str = "grpo"
-    model: str = "smollm2-135m"
+    method: str = (
+        "grpo"  # grpo, dipo, gdpo, gd2po, ppo, policy_split, dupo, dpo, ipo, or module:Class
+    )
+    model: str = "smollm2-135m"  # a builtin (smollm2-135m, tiny), a local HF folder, or a hub id
     # The embedded default: `arith2` is reasoning-gym's basic_arithmetic with 2 terms of 1-2
     # digits, which SmolLM2-135M solves sometimes but not reliably (held-out: 0.297 greedy,
     # 0.086 sampled at T=1; `tandem eval task=arith2`), so RL has signal to work with.
     task: str = "arith2"
-    task_options: dict[str, Any] = field(default_factory=dict)
-    steps: int = 20
-    seed: int = 0
-    output_dir: str = "runs/default"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    task_options: dict[str, Any] = field(default_factory=dict)  # the task's own options
+    steps: int = 20  # training steps
+    seed: int = 0  # seeds sampling, data order and initialisation
+    output_dir: str = "runs/default"  # the run directory
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # the model's weights
     # "" = start fresh; "auto" = continue the newest valid checkpoint in output_dir (fresh if
     # none); a path = continue that checkpoint.
     resume: str = ""
@@ -143,15 +154,27 @@ class TrainConfig:
         return out
 
 
-def validate(cfg: TrainConfig) -> None:
+def validate(cfg: TrainConfig, check_model: bool = True) -> None:
     """Fail before any slow work: names that do not resolve and values out of range, each
     with one line naming the key (numbers that pass here must not wreck training)."""
     from tandemrl.models.loading import resolve_model_kind
 
-    resolve_model_kind(cfg.model)
+    if check_model:
+        resolve_model_kind(cfg.model)
+    for ok, message in _value_checks(cfg):
+        if not ok:
+            raise ConfigError(message)
+    from tandemrl.tasks.reward_sources import check_reward_config
+
+    check_reward_config(cfg)
+    cfg.duality.check()
+
+
+def _value_checks(cfg: TrainConfig) -> list[tuple[bool, str]]:
+    """(holds, message) for every range a value must be in."""
     r, o, lora = cfg.rollout, cfg.optim, cfg.lora
     grad_norm = o.max_grad_norm
-    checks = [
+    return [
         (cfg.steps >= 0, "steps must be >= 0"),
         (0 <= cfg.seed < 2**32, f"seed must be an integer in [0, 2**32), got {cfg.seed}"),
         (r.prompts_per_step >= 1, "rollout.prompts_per_step must be >= 1"),
@@ -192,6 +215,13 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.eval.size >= 0, "eval.size must be >= 0"),
         (cfg.eval.pass_k >= 0, "eval.pass_k must be >= 0"),
         (cfg.eval.batch_size >= 1, "eval.batch_size must be >= 1"),
+        (
+            set(cfg.log.trackers) <= {"tensorboard", "wandb", "trackio"},
+            f"log.trackers: {cfg.log.trackers} has an unknown tracker; use tensorboard, "
+            "wandb and trackio",
+        ),
+        (cfg.log.completions_every >= 0, "log.completions_every must be >= 0 (0 = never)"),
+        (cfg.log.completions_rows >= 1, "log.completions_rows must be >= 1"),
         (cfg.eval.every >= 0, "eval.every must be >= 0 (0 = never)"),
         (
             math.isfinite(cfg.eval.pass_temperature) and cfg.eval.pass_temperature > 0,
@@ -211,10 +241,3 @@ def validate(cfg: TrainConfig) -> None:
             f" (0 = off), got {cfg.overlong.buffer}",
         ),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
-    from tandemrl.tasks.reward_sources import check_reward_config
-
-    check_reward_config(cfg)
-    cfg.duality.check()

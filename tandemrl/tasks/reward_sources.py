@@ -28,6 +28,7 @@ __all__ = [
     "REWARD_SOURCES",
     "Generate",
     "bind_policy_rewards",
+    "bind_reward_device",
     "check_reward_config",
     "pop_reward_metrics",
     "register_reward_source",
@@ -94,6 +95,14 @@ def bind_policy_rewards(specs: list[RewardSpec], generate: Generate) -> None:
         bind = getattr(spec.fn, "bind_policy", None)
         if callable(bind):
             bind(generate)
+
+
+def bind_reward_device(specs: list[RewardSpec], device: Any) -> None:
+    """Hand the policy's device to every reward that has ``bind_device`` (reward models)."""
+    for spec in specs:
+        bind = getattr(spec.fn, "bind_device", None)
+        if callable(bind):
+            bind(device)
 
 
 def pop_reward_metrics(specs: list[RewardSpec]) -> dict[str, float]:
