@@ -21,6 +21,7 @@ import random
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,19 +63,25 @@ def _fsync_dir(path: Path) -> None:
 def save_checkpoint(
     run_dir: Path,
     step: int,
-    policy: nn.Module,
+    policy: nn.Module | None,
     state: dict[str, Any],
     keep: int,
     config: dict[str, Any] | None = None,
+    write_policy: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write `<run_dir>/checkpoints/step-<step>` atomically (with the run's resolved `config`
-    as `config.json`); prune to the newest `keep`."""
+    as `config.json`); prune to the newest `keep`. The weights are `policy.save_pretrained`
+    into `policy/`, or whatever `write_policy(folder)` puts in the folder being built (a
+    sharded checkpoint's `sharded/`)."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"step-{step:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:06d}-", dir=root))
     try:
-        policy.save_pretrained(tmp / "policy")
+        if write_policy is not None:
+            write_policy(tmp)
+        else:
+            policy.save_pretrained(tmp / "policy")
         torch.save({**state, "step": step}, tmp / STATE_FILE)
         if config is not None:
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1))
@@ -200,6 +207,11 @@ def restore_policy_weights(policy: nn.Module, checkpoint: Path) -> None:
     from safetensors.torch import load_file
 
     policy_dir = Path(checkpoint) / "policy"
+    if (Path(checkpoint) / "sharded").is_dir():
+        raise CheckpointError(
+            f"checkpoint {checkpoint} is sharded (written with distributed.strategy=fsdp2); "
+            "its weights load with its optimizer state (loop.sharded_checkpoint.load_sharded)"
+        )
     if hasattr(policy, "peft_config"):
         from peft import set_peft_model_state_dict
 
@@ -236,6 +248,14 @@ def load_policy_weights(model: nn.Module, checkpoint: Path, policy: str | None =
     policy_dir = checkpoint / "policy"
     if not policy_dir.is_dir():
         raise FileNotFoundError(f"{checkpoint} has no policy/ folder: not a tandemrl checkpoint")
+    if (checkpoint / "sharded").is_dir():
+        from tandemrl.loop.sharded_checkpoint import load_sharded_policy
+
+        if policy is not None:
+            raise ValueError(
+                f"checkpoint {checkpoint} holds a single policy: policy= does not apply"
+            )
+        return load_sharded_policy(model, checkpoint)
     names = policy_adapters(checkpoint)
     if names:
         if policy not in names:

@@ -51,5 +51,10 @@ def config_from_dict(data: dict[str, Any], check_model: bool = True) -> TrainCon
     cfg._method_section = section_name
     cfg.method_config = from_dict(method_cls.Config, section, path=section_name)
     validate(cfg, check_model=check_model)
+    if cfg.distributed.strategy == "fsdp2" and not method_cls.supports_fsdp2:
+        raise ConfigError(
+            f"distributed.strategy=fsdp2 is not supported by method={method_name} yet (its "
+            "update is not tested sharded); use distributed.strategy=replicate"
+        )
     method_cls.check_config(cfg)
     return cfg

@@ -8,6 +8,8 @@ import resource
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from tandemrl.loop.trackers import Tracker
 from tandemrl.runtime.records import read_records
 
@@ -15,6 +17,13 @@ from tandemrl.runtime.records import read_records
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def accelerator_memory(device: torch.device) -> dict[str, float]:
+    """Peak memory allocated on a CUDA device so far (`memory/peak_gpu_mb`); {} elsewhere."""
+    if device.type != "cuda":
+        return {}
+    return {"memory/peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20}
 
 
 class MetricsLogger:

@@ -26,6 +26,7 @@ from tandemrl.loop.checkpoint import (
     set_rng_state,
     verify_checkpoint,
 )
+from tandemrl.loop.sharded_checkpoint import is_sharded_checkpoint, load_sharded
 from tandemrl.runtime import distributed as dist
 
 
@@ -127,7 +128,16 @@ def restore(checkpoint: Path, method: Any, sampler: Any) -> int:
             f"resume: checkpoint {checkpoint} was written by method {saved!r}, not "
             f"{method.name!r}; set method={saved} or resume from another run"
         )
-    restore_policy_weights(method.policy, checkpoint)
+    if is_sharded_checkpoint(checkpoint):
+        # Weights and optimizer moments, resharded to this run's world size.
+        load_sharded(method.policy, checkpoint, method.update_engine.optimizers)
+    elif method.update_engine.sharded:
+        raise ConfigError(
+            f"resume: {checkpoint} was written without sharding; resume it with "
+            "distributed.strategy=replicate (a sharded run resumes sharded checkpoints)"
+        )
+    else:
+        restore_policy_weights(method.policy, checkpoint)
     method.load_state_dict(state["method"])
     sampler.position = int(state["sampler_position"])
     rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]

@@ -23,7 +23,7 @@ from tandemrl.loop.callbacks import Callbacks
 from tandemrl.loop.checkpoint import rng_state, save_checkpoint
 from tandemrl.loop.completions import completion_rows
 from tandemrl.loop.evaluate import evaluate_with_config, summary_line
-from tandemrl.loop.logging import MetricsLogger, peak_rss_mb
+from tandemrl.loop.logging import MetricsLogger, accelerator_memory, peak_rss_mb
 from tandemrl.loop.prompts import PromptSampler, check_data
 from tandemrl.loop.resume import (
     changes_on_resume,
@@ -33,6 +33,7 @@ from tandemrl.loop.resume import (
     trainer_state,
 )
 from tandemrl.loop.run_dir import RunDirLock, check_output_dir, prepare_fresh_run
+from tandemrl.loop.sharded_checkpoint import save_sharded
 from tandemrl.loop.trackers import open_trackers
 from tandemrl.methods import RunContext, get_method_class
 from tandemrl.models import LoadedModel, load_model
@@ -132,14 +133,15 @@ class Trainer:
                 log(note)
         where = f" on {dist.world_size()} processes" if dist.is_distributed() else ""
         log(f"loading model {cfg.model}{where}")
-        self.loaded = loaded if loaded is not None else load_model(cfg.model, cfg.dtype)
+        self.loaded = loaded if loaded is not None else load_model(cfg.model, cfg.load_dtype)
         self.sampler = PromptSampler(train_examples, cfg.seed)
         run = RunContext(cfg, self.loaded, self.task, draw_prompts=self.draw_prompts)
         self.method = get_method_class(cfg.method)(run)
-        dist.broadcast_parameters(self.method.policy)
+        # FSDP2: every rank holds a shard, so evaluation and checkpoints involve every rank.
+        self.sharded = self.method.update_engine.sharded
         engine = HFEngine(self.loaded.tokenizer, cfg.eval.batch_size)
         bind_policy_rewards(self.task.rewards, PolicySampler(self.method.eval_policy, engine))
-        bind_reward_device(self.task.rewards, next(self.method.policy.parameters()).device)
+        bind_reward_device(self.task.rewards, self.method.device)
         self.start = 0
         if self.resume_from is not None:
             self.start = restore(self.resume_from, self.method, self.sampler)
@@ -178,19 +180,19 @@ class Trainer:
             for note in self.logger.notes:
                 log(note)
         try:
-            if cfg.eval.before and self.eval_examples and self.start == 0 and self.main:
+            if cfg.eval.before and self.eval_examples and self.start == 0 and self.evaluates():
                 self.evals["before"] = self.evaluate("before")
             self.train_steps(self.logger)
             if self.done > self.start or self.last_ckpt is None:
                 ckpt = self.save(cfg.steps if self.done >= cfg.steps else self.done)
             else:
                 ckpt = self.last_ckpt
+            log(f"checkpoint saved to {ckpt}")
+            if cfg.eval.after and self.eval_examples and self.evaluates():
+                self.evals["after"] = self.evaluate("after")
             if not self.main:
                 self.summary = {**self.header(), "rank": dist.rank()}
                 return self.summary
-            log(f"checkpoint saved to {ckpt}")
-            if cfg.eval.after and self.eval_examples:
-                self.evals["after"] = self.evaluate("after")
             self.summary = self.write_summary(ckpt)
         finally:
             if self.logger:
@@ -240,6 +242,7 @@ class Trainer:
             metrics.update(pop_reward_metrics(self.task.rewards))
             metrics["time/step_s"] = time.perf_counter() - t
             metrics["memory/peak_rss_mb"] = peak_rss_mb()
+            metrics.update(accelerator_memory(self.method.device))
             metrics = dist.gather_metrics(metrics)
             self.check_reward_signal(step, metrics)
             skipped = any(k.endswith("update_skipped") and v for k, v in metrics.items())
@@ -285,7 +288,7 @@ class Trainer:
             log(f"stopped by SIGTERM after step {done}; checkpoint saved to {self.last_ckpt}")
             log(f"resume with: {resume_command(self.run_dir)}")
             raise SystemExit(EXIT_SIGTERM)
-        if cfg.eval.every and done % cfg.eval.every == 0 and done < cfg.steps and self.main:
+        if cfg.eval.every and done % cfg.eval.every == 0 and done < cfg.steps and self.evaluates():
             self.evals[f"step_{done}"] = self.evaluate(f"step {done}")
 
     def check_reward_signal(self, step: int, metrics: dict[str, Any]) -> None:
@@ -312,18 +315,28 @@ class Trainer:
             )
 
     # -- checkpoints and evaluation ---------------------------------------------------------
+    def evaluates(self) -> bool:
+        """Whether this rank takes part in evaluation: rank 0, or every rank of a sharded
+        model (each forward needs all the shards; rank 0 reports)."""
+        return self.main or self.sharded
+
     def save(self, step: int) -> Path | None:
-        """A checkpoint of the current state (collective parts on every rank; rank 0 writes).
-        A write that fails (a full disk) stops the run with one line; the checkpoints already
-        written stay valid."""
+        """A checkpoint of the current state (collective parts on every rank; rank 0 writes,
+        or every rank its shards under FSDP2). A write that fails (a full disk) stops the run
+        with one line; the checkpoints already written stay valid."""
         state = trainer_state(self.method, self.sampler.position, gathered_rng_states())
-        if not self.main:
+        if not self.main and not self.sharded:
             return None
-        policy = self.method.eval_policy()
+        keep, config = self.cfg.checkpoint.keep, self.cfg.to_dict()
         try:
-            return save_checkpoint(
-                self.run_dir, step, policy, state, self.cfg.checkpoint.keep, self.cfg.to_dict()
-            )
+            if self.sharded:
+                optimizers = self.method.update_engine.optimizers
+                path = save_sharded(
+                    self.run_dir, step, self.method.policy, optimizers, state, keep, config
+                )
+                return path if self.main else None
+            policy = self.method.eval_policy()
+            return save_checkpoint(self.run_dir, step, policy, state, keep, config)
         except OSError as err:
             last = (
                 f"the last complete checkpoint is {self.last_ckpt}"
@@ -343,6 +356,13 @@ class Trainer:
         done = self.done
         if done <= self.start or not self.main:
             return
+        if self.sharded:  # the shards are on every rank: saving needs them all
+            log(
+                f"interrupted after step {done}; a sharded run cannot save on Ctrl-C (stop "
+                "it with SIGTERM to save); the last checkpoint is "
+                f"{self.last_ckpt or 'none'}"
+            )
+            return
         in_flight = done == step  # interrupted in step `done`, after `done` steps finished
         rngs = [self.rng_before] if in_flight else [rng_state()]
         position = self.position if in_flight else self.sampler.position
@@ -356,14 +376,15 @@ class Trainer:
 
     def evaluate(self, tag: str) -> dict[str, Any]:
         t = time.perf_counter()
-        result = evaluate_with_config(
-            self.method.eval_policy(),
-            self.loaded.tokenizer,
-            self.task,
-            self.eval_examples,
-            self.cfg,
-            f"eval {tag}",
-        )
+        with self.method.compute.autocast():
+            result = evaluate_with_config(
+                self.method.eval_policy(),
+                self.loaded.tokenizer,
+                self.task,
+                self.eval_examples,
+                self.cfg,
+                f"eval {tag}",
+            )
         result["time_s"] = time.perf_counter() - t
         log(f"held-out {tag}: {summary_line(result)}")
         if self.logger:

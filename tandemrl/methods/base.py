@@ -17,6 +17,12 @@ and whatever else the method computes. Each hook returns the metrics it adds.
 Every method gets: `self.policy` (`build_policy`), `self.rollout_engine` (the one way to
 sample: `sample`), `self.update_engine` (its `param_groups`, one optimizer and schedule each)
 and the `state_dict` hooks a checkpoint stores.
+
+Where it computes (`self.compute`: device, precision, gradient checkpointing) is settled
+before the policy is built: the model moves to `self.device`, modules a method builds in
+`setup` must be put there too, and the step's forwards run under the run's autocast. With
+`distributed.strategy=fsdp2` the `sharded_modules` are sharded after `setup`, before the
+optimizers are built on their (sharded) parameters.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from torch import nn
 
 from tandemrl.methods.rewards import reward_metrics, score_rewards
 from tandemrl.models import LoadedModel, apply_lora
+from tandemrl.models.memory import enable_checkpointing
+from tandemrl.models.sharding import shard_model
 from tandemrl.rollout import (
     HFEngine,
     RolloutBatch,
@@ -97,6 +105,8 @@ class Method:
     default_policy: ClassVar[str | None] = None
     # Prompt modes `tandem eval mode=...` offers (with `eval_prompt_transform`).
     eval_modes: ClassVar[tuple[str, ...]] = ()
+    # Whether `distributed.strategy=fsdp2` is supported (tested) for this method.
+    supports_fsdp2: ClassVar[bool] = True
 
     @dataclass
     class Config:
@@ -118,10 +128,21 @@ class Method:
         r = run.config.rollout
         self.sampling = SamplingConfig(r.max_new_tokens, r.temperature, r.top_p)
         self.rollout_engine = HFEngine(self.tokenizer, r.generation_batch_size)
+        self.compute = run.config.compute()
+        self.device = self.compute.device
+        run.loaded.model.to(self.device)
+        if self.compute.precision == "bf16":  # a model handed in (Python API) as loaded
+            run.loaded.model.to(self.compute.weight_dtype)
+        if self.compute.gradient_checkpointing:
+            enable_checkpointing(run.loaded.model)
         self.policy = self.build_policy(run.loaded)
         self.setup()
+        dist.broadcast_parameters(self.policy)  # ranks start from rank 0's weights
+        if run.config.distributed.strategy == "fsdp2" and dist.is_distributed():
+            for module in self.sharded_modules():
+                shard_model(module)
         self.update_engine = UpdateEngine(
-            self.param_groups(), run.config.optim, horizon=r.max_new_tokens
+            self.param_groups(), run.config.optim, horizon=r.max_new_tokens, compute=self.compute
         )
         # The last step's state, kept for inspection (tests, notebooks); not checkpointed.
         self.last_state: StepState | None = None
@@ -129,6 +150,11 @@ class Method:
     @classmethod
     def check_config(cls, config: TrainConfig) -> None:
         """Validate the method's section up front (resolve registry names, check ranges)."""
+
+    def sharded_modules(self) -> list[nn.Module]:
+        """What `distributed.strategy=fsdp2` shards: the policy, and whatever else holds a
+        copy of the model's weights (a frozen reference)."""
+        return [self.policy]
 
     # -- set-up hooks -----------------------------------------------------------------------
     def build_policy(self, loaded: LoadedModel) -> nn.Module:
@@ -164,14 +190,16 @@ class Method:
     def step(self, step: int, examples: list[Example]) -> dict[str, float]:
         """One training step on `examples` (the skeleton in the module docstring)."""
         timer = PhaseTimer()
-        state, metrics = self.collect(step, examples, timer)
-        with timer("update"):
+        with self.compute.autocast():
+            state, metrics = self.collect(step, examples, timer)
+        with timer("update"):  # the update engine autocasts each forward, not the backward
             self.policy.train()
             try:
                 metrics.update(self.update(state))
             finally:
                 self.policy.eval()
-        metrics.update(self.finish(state))
+        with self.compute.autocast():
+            metrics.update(self.finish(state))
         metrics.update(timer.metrics)
         self.last_state = state
         return metrics

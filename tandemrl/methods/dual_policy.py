@@ -157,6 +157,8 @@ class DualPolicy(Method):
     Config = DualPolicyConfig
     State = DualPolicyStep
     default_policy = EXPLOIT
+    # Mixed-adapter decoding (rows of one batch through different adapters): not sharded yet.
+    supports_fsdp2 = False
 
     @classmethod
     def check_config(cls, config) -> None:

@@ -57,6 +57,10 @@ class PolicyGradient(Method):
     def updates_per_step(self) -> int:
         return self.cfg.updates_per_step
 
+    def sharded_modules(self) -> list:
+        copy = self.reference.copy if self.reference is not None else None
+        return [*super().sharded_modules(), *([copy] if copy is not None else [])]
+
     def needs_old_logp(self) -> bool:
         """Log-probs of the sampling policy, scored before any update: π_old from the second
         update on, and BAPO's bounds."""

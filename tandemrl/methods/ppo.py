@@ -103,6 +103,8 @@ class PPO(PolicyGradient):
     State = PPOStep
     default_policy = POLICY  # the adapter `tandem eval` / `tandem export` serve
     minibatch_by_group = False  # the critic is the baseline: single rows shuffle freely
+    # The value head reads the trunk through a second, decoder-only forward: not sharded yet.
+    supports_fsdp2 = False
 
     @classmethod
     def check_config(cls, config) -> None:
@@ -137,7 +139,7 @@ class PPO(PolicyGradient):
     def setup(self) -> None:
         super().setup()
         hidden = self.run.loaded.model.config.hidden_size
-        self.value_head = ValueHead(hidden, self.cfg.value_head_init_std)
+        self.value_head = ValueHead(hidden, self.cfg.value_head_init_std).to(self.device)
 
     def param_groups(self) -> list[ParamGroup]:
         total = self.config.steps * self.updates_per_step()

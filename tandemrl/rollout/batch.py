@@ -135,6 +135,32 @@ class RolloutBatch:
             reward_errors=errors,
         )
 
+    def to(self, device: torch.device | str) -> RolloutBatch:
+        """The batch with every tensor (and every tensor of `per_row`) on `device`; the batch
+        itself when they all are already there (the CPU, in a CPU run)."""
+        device = torch.device(device)
+        names = [n for n in self.__dataclass_fields__ if n != "per_row"]
+
+        def moved(value: Any) -> Any:
+            return value.to(device) if isinstance(value, torch.Tensor) else value
+
+        def elsewhere(value: Any) -> bool:
+            return isinstance(value, torch.Tensor) and value.device != device
+
+        extra = self.per_row
+        extra_fields = [] if extra is None else [f.name for f in dataclasses.fields(extra)]
+        if not any(elsewhere(getattr(self, n)) for n in names) and not any(
+            elsewhere(getattr(extra, n)) for n in extra_fields
+        ):
+            return self
+        if extra is not None:
+            extra = dataclasses.replace(
+                extra, **{n: moved(getattr(extra, n)) for n in extra_fields}
+            )
+        return dataclasses.replace(
+            self, **{n: moved(getattr(self, n)) for n in names}, per_row=extra
+        )
+
     def microbatches(self, size: int) -> list[RolloutBatch]:
         return [
             self.select(list(range(i, min(i + size, len(self))))) for i in range(0, len(self), size)

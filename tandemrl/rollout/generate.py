@@ -24,6 +24,7 @@ from transformers.generation import (
 )
 
 from tandemrl.models.adapters import mixed_adapter_rows
+from tandemrl.models.sharding import is_sharded, model_device
 from tandemrl.rollout.batch import RolloutBatch
 from tandemrl.rollout.logprobs import distinct_prompts
 
@@ -104,7 +105,14 @@ def generate(
     `adapter_names` (one per row, peft models only) samples each row from its own adapter in
     one batched decode over the shared base ("__base__" = none; see
     `models.adapters.mixed_adapter_rows`: order rows by adapter for the fast path).
+
+    Decoding runs on the model's device; the batch comes back on the CPU. On an FSDP2-sharded
+    model every rank decodes in step (`synced_gpus`: a rank that has finished keeps running
+    forwards until all have) and the shared-prompt prefill is skipped, so every rank runs the
+    same forwards.
     """
+    device = model_device(model)
+    synced = is_sharded(model)
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)
     prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)
     prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)
@@ -126,26 +134,30 @@ def generate(
     chunks = []
     was_training = model.training
     model.eval()
-    with torch.random.fork_rng(devices=[]):
+    # The sampler draws on the model's device: fork (and seed) that device's generator too.
+    forked = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forked):
         if seed is not None:
             torch.manual_seed(seed)
         for start in range(0, total, step):
-            ids = prompt_ids[start : start + step]
+            ids = prompt_ids[start : start + step].to(device)
+            mask = prompt_mask[start : start + step].to(device)
             names = None if adapter_names is None else list(adapter_names[start : start + step])
-            prefill = prefill_once(model, ids, prompt_mask[start : start + step], names)
+            prefill = {} if synced else prefill_once(model, ids, mask, names)
             rows, extra = contextlib.nullcontext(), {}
             if names is not None:
                 rows, extra = mixed_adapter_rows(model, names)
             with rows:
                 out = model.generate(
                     input_ids=ids,
-                    attention_mask=prompt_mask[start : start + step],
+                    attention_mask=mask,
                     generation_config=gen_cfg,
                     logits_processor=sampler,
+                    synced_gpus=synced,
                     **prefill,
                     **extra,
                 )
-            chunks.append(out[:, ids.shape[1] :])
+            chunks.append(out[:, ids.shape[1] :].cpu())
     model.train(was_training)
     width = max(c.shape[1] for c in chunks)
     pad = tokenizer.pad_token_id
@@ -188,7 +200,9 @@ def prefill_once(
     key_ids, key_mask = ids, mask
     if adapter_names is not None:
         codes = {name: i for i, name in enumerate(dict.fromkeys(adapter_names))}
-        code = torch.tensor([[codes[name]] for name in adapter_names], dtype=ids.dtype)
+        code = torch.tensor(
+            [[codes[name]] for name in adapter_names], dtype=ids.dtype, device=ids.device
+        )
         key_ids = torch.cat([ids, code], dim=1)
         key_mask = torch.cat([mask, torch.ones_like(code, dtype=mask.dtype)], dim=1)
     first, inverse = distinct_prompts(key_ids, key_mask)

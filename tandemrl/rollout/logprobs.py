@@ -7,7 +7,12 @@ projection is the largest single matmul of a small model, and prompt positions n
 Responses of one group share their prompt. When a batch holds repeated prompts, each distinct
 prompt is run once and its key/value cache is copied to the rows that use it, so the prompt's
 tokens cost one forward (and one backward) per group instead of one per response. The result
-equals a forward over `cat(prompt, response)` per row, gradients included.
+equals a forward over `cat(prompt, response)` per row, gradients included. Not done under
+gradient checkpointing in training (Hugging Face turns the cache off there) nor on an FSDP2-
+sharded model (every rank must run the same forwards).
+
+Inputs move to the model's device here; `score_tokens` returns scores there (the loss needs
+them), `score_batch` brings them back to the CPU, where the batch's bookkeeping lives.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 from torch import nn
 
 from tandemrl.algos.entropy import entropy_from_logits
+from tandemrl.models.sharding import is_sharded, model_device
 from tandemrl.rollout.batch import RolloutBatch
 
 
@@ -35,8 +41,10 @@ def distinct_prompts(
     or makes two different prompts look equal."""
     key = torch.cat([prompt_ids * prompt_mask, prompt_mask], dim=1)
     _, inverse = torch.unique(key, dim=0, return_inverse=True)
-    rows = torch.arange(len(inverse))
-    first = torch.full((int(inverse.max()) + 1,), len(inverse), dtype=torch.long)
+    rows = torch.arange(len(inverse), device=inverse.device)
+    first = torch.full(
+        (int(inverse.max()) + 1,), len(inverse), dtype=torch.long, device=rows.device
+    )
     first = first.scatter_reduce(0, inverse, rows, reduce="amin")
     return first, inverse
 
@@ -60,6 +68,10 @@ def _outputs_before_responses(
     top of it. An LM computes logits only at the positions returned (`logits_to_keep`).
     """
     t = response_ids.shape[1]
+    device = model_device(module)
+    p_ids, p_mask = p_ids.to(device), p_mask.to(device)
+    response_ids, response_mask = response_ids.to(device), response_mask.to(device)
+    share_prompts = share_prompts and can_share_prompts(module)
 
     def keep(n: int) -> dict:
         return {"logits_to_keep": n} if field == "logits" else {}
@@ -67,7 +79,9 @@ def _outputs_before_responses(
     attention_mask = torch.cat([p_mask, response_mask], dim=1)
     # Left padding shifts positions; rebuild them from the mask as generate() does.
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    first, inverse = distinct_prompts(p_ids, p_mask) if share_prompts else (None, None)
+    first, inverse = (None, None)
+    if share_prompts:
+        first, inverse = distinct_prompts(p_ids, p_mask)
     if first is None or len(first) == len(inverse):
         out = module(
             input_ids=torch.cat([p_ids, response_ids], dim=1),
@@ -97,6 +111,15 @@ def _outputs_before_responses(
     )
     last_prompt = getattr(prompt_out, field)[:, -1:][inverse]
     return torch.cat([last_prompt, getattr(response_out, field)[:, :-1]], dim=1)
+
+
+def can_share_prompts(module: nn.Module) -> bool:
+    """Whether a repeated prompt may be forwarded once for its rows (module docstring)."""
+    flag = "is_activation_checkpointing"  # transformers 5.x (formerly is_gradient_checkpointing)
+    if not hasattr(module, flag):
+        flag = "is_gradient_checkpointing"
+    checkpointing = module.training and getattr(module, flag, False)
+    return not checkpointing and not is_sharded(module)
 
 
 def states_before_responses(
@@ -143,7 +166,8 @@ def score_tokens(
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
     log_norm = torch.logsumexp(logits, dim=-1)
-    token_logits = logits.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
+    response_ids = batch.response_ids.to(logits.device)
+    token_logits = logits.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
     logp = token_logits - log_norm
     entropy = None
     if entropy_grad:
@@ -163,9 +187,9 @@ def score_batch(
     micro_batch_size: int,
     with_entropy: bool = False,
 ) -> TokenScores:
-    """`score_tokens` without gradient, `micro_batch_size` rows per forward, concatenated:
-    old log-probs, reference log-probs, a frozen policy's scores. In eval mode (no dropout):
-    these are the scores of the policy itself, not of a noisy copy."""
+    """`score_tokens` without gradient, `micro_batch_size` rows per forward, concatenated on
+    the CPU: old log-probs, reference log-probs, a frozen policy's scores. In eval mode (no
+    dropout): these are the scores of the policy itself, not of a noisy copy."""
     was_training = model.training
     model.eval()
     try:
@@ -175,5 +199,5 @@ def score_batch(
         ]
     finally:
         model.train(was_training)
-    entropy = torch.cat([p.entropy for p in parts]) if with_entropy else None
-    return TokenScores(logp=torch.cat([p.logp for p in parts]), entropy=entropy)
+    entropy = torch.cat([p.entropy for p in parts]).cpu() if with_entropy else None
+    return TokenScores(logp=torch.cat([p.logp for p in parts]).cpu(), entropy=entropy)

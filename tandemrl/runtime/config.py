@@ -18,6 +18,7 @@ from typing import Any, Literal
 from tandemrl.errors import ConfigError
 from tandemrl.models.adapters import LoraConfig
 from tandemrl.runtime.config_parse import to_dict
+from tandemrl.runtime.device import Compute, resolve_compute
 from tandemrl.tasks.duality_reward import DualityConfig
 
 
@@ -107,6 +108,16 @@ class LogConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """How several processes (`torchrun`) share the work (docs/distributed.md)."""
+
+    # replicate: every rank holds the whole model, gradients are summed (data parallel);
+    # fsdp2: parameters, gradients and optimizer state are sharded over the ranks
+    # (torch.distributed.fsdp.fully_shard), for models that do not fit one device
+    strategy: Literal["replicate", "fsdp2"] = "replicate"
+
+
+@dataclass
 class TrainConfig:
     method: str = (
         "grpo"  # grpo, dipo, gdpo, gd2po, ppo, policy_split, dupo, dpo, ipo, or module:Class
@@ -120,7 +131,16 @@ class TrainConfig:
     steps: int = 20  # training steps
     seed: int = 0  # seeds sampling, data order and initialisation
     output_dir: str = "runs/default"  # the run directory
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # the model's weights
+    # auto (the accelerator when there is one), cpu, cuda, cuda:N, mps (runtime/device.py)
+    device: str = "auto"
+    # auto (bf16-mixed on CUDA, fp32 elsewhere), fp32, bf16-mixed (fp32 weights and optimizer
+    # state, bf16 autocast), bf16 (bf16 weights)
+    precision: Literal["auto", "fp32", "bf16-mixed", "bf16"] = "auto"
+    # recompute activations in the backward (less memory); None = on for accelerators
+    gradient_checkpointing: bool | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = (
+        "float32"  # older key: bfloat16 = precision=bf16
+    )
     # "" = start fresh; "auto" = continue the newest valid checkpoint in output_dir (fresh if
     # none); a path = continue that checkpoint.
     resume: str = ""
@@ -138,8 +158,21 @@ class TrainConfig:
     log: LogConfig = field(default_factory=LogConfig)
     duality: DualityConfig = field(default_factory=DualityConfig)
     overlong: OverlongConfig = field(default_factory=OverlongConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     # The selected method's section (e.g. the `grpo:` mapping), typed by the method.
     method_config: Any = None
+
+    def compute(self) -> Compute:
+        """The resolved device, precision and checkpointing (runtime/device.py)."""
+        precision = self.precision
+        if precision == "auto" and self.dtype == "bfloat16":
+            precision = "bf16"  # the older key
+        return resolve_compute(self.device, precision, self.gradient_checkpointing)
+
+    @property
+    def load_dtype(self) -> str:
+        """The dtype the model's weights load in: bfloat16 for `precision=bf16`."""
+        return "bfloat16" if self.precision == "bf16" else self.dtype
 
     @property
     def method_section(self) -> str:

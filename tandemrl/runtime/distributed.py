@@ -129,9 +129,9 @@ def all_reduce_gradients(params: Iterable[nn.Parameter]) -> None:
     SUM, not mean: each rank's loss already carries the global denominator (see module
     docstring), so the sum is the gradient of the single-process loss.
     """
-    if not is_distributed():
-        return
     params = list(params)
+    if not is_distributed() or any(hasattr(p, "to_local") for p in params):
+        return  # one process, or FSDP2-sharded parameters (reduced by FSDP itself)
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
@@ -145,7 +145,8 @@ def all_reduce_gradients(params: Iterable[nn.Parameter]) -> None:
 
 
 def broadcast_parameters(module: nn.Module) -> None:
-    """Copy rank 0's parameters and buffers to every rank (start of training)."""
+    """Copy rank 0's parameters and buffers to every rank (start of training, before any
+    sharding)."""
     if not is_distributed():
         return
     with torch.no_grad():

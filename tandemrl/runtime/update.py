@@ -18,10 +18,18 @@ same way everywhere:
 
 Optimizer and schedule move together inside `signals.commit()`, so a Ctrl-C cannot leave one
 group stepped and another not.
+
+Devices and precision (`runtime.device.Compute`): each microbatch moves to the parameters'
+device for its forward, which runs under the run's autocast (bf16-mixed); the backward runs
+outside it, and returned scores come back to the CPU. On FSDP2-sharded parameters the
+gradients arrive reduced but averaged over ranks, so each rank's loss is scaled by the world
+size before its backward (our losses are already each rank's share of the global mean), and
+no all-reduce is added.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,9 +40,11 @@ from torch import nn
 
 from tandemrl.algos import LossNormalizer
 from tandemrl.models.memory import release_freed_memory
+from tandemrl.models.sharding import full_value, local
 from tandemrl.rollout import RolloutBatch, TokenScores
 from tandemrl.runtime import distributed as dist
 from tandemrl.runtime.config import OptimConfig
+from tandemrl.runtime.device import Compute
 from tandemrl.runtime.signals import commit
 
 
@@ -110,9 +120,14 @@ class UpdateEngine:
     method's named parameter groups (see the module docstring)."""
 
     def __init__(
-        self, groups: Iterable[ParamGroup], optim: OptimConfig, horizon: int | None = None
+        self,
+        groups: Iterable[ParamGroup],
+        optim: OptimConfig,
+        horizon: int | None = None,
+        compute: Compute | None = None,
     ) -> None:
         self.groups = {g.name: g for g in groups}
+        self.compute = compute
         self.optim = optim
         self.max_grad_norm = optim.max_grad_norm
         # Dr.GRPO's constant (`seq-mean-token-sum-norm`): the generation budget, the same
@@ -135,6 +150,11 @@ class UpdateEngine:
             self.optimizers[group.name] = opt
             self.schedulers[group.name] = build_scheduler(opt, optim, group.total_updates)
         self._pending_loss: dict[str, float] = {}
+        first = next(iter(self.groups.values())).params[0]
+        self.device = local(first).device
+        self.sharded = local(first) is not first
+        # FSDP2 averages gradients over ranks; our losses must be summed (module docstring).
+        self.backward_scale = float(dist.world_size()) if self.sharded else 1.0
 
     def normalizer(self, *masks: torch.Tensor) -> LossNormalizer:
         """The global normaliser of `masks` (counts summed over ranks, the run's horizon):
@@ -163,9 +183,11 @@ class UpdateEngine:
         loss_sum, weight = 0.0, 0.0
         sums: dict[str, float] = {}
         scores: list[TokenScores] = []
+        autocast = self.compute.autocast if self.compute else contextlib.nullcontext
         for micro in batch.microbatches(micro_batch_size):
-            out = loss_fn(micro, normalizer)
-            out.loss.backward()
+            with autocast():
+                out = loss_fn(micro.to(self.device), normalizer)
+            (out.loss * self.backward_scale if self.sharded else out.loss).backward()
             release_freed_memory()
             loss_sum += out.loss.item()
             share = float(micro.train_mask.sum())
@@ -195,7 +217,9 @@ class UpdateEngine:
             before_clip()
         max_norm = math.inf if self.max_grad_norm is None else self.max_grad_norm
         norms = {
-            name: float(torch.nn.utils.clip_grad_norm_(self.groups[name].params, max_norm))
+            name: float(
+                full_value(torch.nn.utils.clip_grad_norm_(self.groups[name].params, max_norm))
+            )
             for name in groups
         }
         losses = [self._pending_loss.pop(name, 0.0) for name in groups]
@@ -221,7 +245,8 @@ class UpdateEngine:
         """Raise `NonFiniteWeights` when an update left a weight NaN or inf (an lr of 1e30,
         say): every later step would be skipped, and a checkpoint would keep the damage."""
         for name in groups:
-            if not all(bool(torch.isfinite(p).all()) for p in self.groups[name].params):
+            finite = all(bool(torch.isfinite(local(p)).all()) for p in self.groups[name].params)
+            if dist.any_rank(not finite):  # a shard's damage stops every rank
                 raise NonFiniteWeights(
                     f"the update made {name!r} weights non-finite (lr {self.lr(name):.3g})"
                 )
@@ -236,8 +261,13 @@ class UpdateEngine:
                 self.schedulers[name].step()
 
     def state_dict(self) -> dict[str, Any]:
+        """Optimizer moments and schedule positions. Sharded optimizer state (FSDP2) is not
+        in it (`optimizers` is None): sharded checkpoints save it themselves, per rank."""
+        optimizers = None
+        if not self.sharded:
+            optimizers = {n: o.state_dict() for n, o in self.optimizers.items()}
         return {
-            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            "optimizers": optimizers,
             "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
         }
 
@@ -245,10 +275,12 @@ class UpdateEngine:
         """Restore optimizer moments and schedule positions. The hyperparameters are the
         config's, not the saved ones: a run resumed with another `optim.lr` (the usual
         recovery after a blow-up), weight decay or betas trains with them, and a new `steps`
-        stretches the schedule (its length comes from the config)."""
+        stretches the schedule (its length comes from the config). Optimizer moments absent
+        from `state` (a sharded checkpoint's) were loaded before, with the weights."""
         for name, group in self.groups.items():
             opt, sched = self.optimizers[name], self.schedulers[name]
-            opt.load_state_dict(state["optimizers"][name])
+            if state["optimizers"] is not None:
+                opt.load_state_dict(state["optimizers"][name])
             sched.load_state_dict(state["schedulers"][name])
             sched.base_lrs = [group.lr] * len(opt.param_groups)
             lr = group.lr * sched.lr_lambdas[0](sched.last_epoch)
@@ -267,5 +299,5 @@ def _concat_scores(parts: list[TokenScores]) -> TokenScores | None:
         return None
     entropy = None
     if all(p.entropy is not None for p in parts):
-        entropy = torch.cat([p.entropy.detach() for p in parts])
-    return TokenScores(logp=torch.cat([p.logp.detach() for p in parts]), entropy=entropy)
+        entropy = torch.cat([p.entropy.detach() for p in parts]).cpu()
+    return TokenScores(logp=torch.cat([p.logp.detach() for p in parts]).cpu(), entropy=entropy)
