@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint format clean-venv
+.PHONY: setup demo test lint format clean-venv gpu-check gpu-wheels
 
 $(BIN)/tandem: requirements/cpu.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,15 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
+
+# On a CUDA machine: the gpu-marked tests and short SmolLM2 runs (step time, peak GPU memory),
+# with the machine's own torch (docs/distributed.md). gpu-wheels fetches what a stock CUDA
+# PyTorch image lacks, for machines without network.
+gpu-check:
+	bash scripts/gpu_check.sh
+
+gpu-wheels: setup
+	$(BIN)/pip download --quiet --no-deps -d wheels/gpu -r requirements/gpu-check.txt
 
 lint:
 	$(BIN)/ruff check --fix .

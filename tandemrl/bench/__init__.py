@@ -2,6 +2,7 @@
 
     tandem bench speed [--what speed,methods-cost] ...   tandemrl vs TRL, method costs, FLOP/s
     tandem bench methods [--suite maths|fc] [--quick] ...  methods x seeds, held-out accuracy
+    tandem bench compute [--what precision,checkpointing,fsdp2]  precision, checkpointing, FSDP2
 
 Results go to `benchmarks/results/` (JSON + Markdown); see docs/benchmarks.md.
 """
@@ -11,7 +12,11 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = {"speed": "tandemrl.bench.speed", "methods": "tandemrl.bench.methods"}
+BENCHMARKS = {
+    "speed": "tandemrl.bench.speed",
+    "methods": "tandemrl.bench.methods",
+    "compute": "tandemrl.bench.compute",
+}
 
 
 def run_bench(args: list[str]) -> int:

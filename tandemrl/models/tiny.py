@@ -1,8 +1,15 @@
-"""`tiny`: a small random Llama with a byte-level tokenizer, built locally for tests.
+"""Random models built locally, with a byte-level tokenizer: nothing to download.
 
-Two layers, hidden size 64, a 259-token vocabulary (256 bytes + 3 specials) and a ChatML-style
-chat template, so every code path that a real model takes (chat template, EOS stop, padding,
-LoRA) runs in milliseconds. Weights are initialised from a fixed seed: two builds are equal.
+`tiny`: a small random Llama for tests. Two layers, hidden size 64, a 259-token vocabulary
+(256 bytes + 3 specials) and a ChatML-style chat template, so every code path that a real
+model takes (chat template, EOS stop, padding, LoRA) runs in milliseconds.
+
+`smollm2-135m-random`: SmolLM2-135M's architecture (30 layers, hidden 576, 9 query and 3
+key/value heads, a 49152-entry vocabulary, tied embeddings) with random weights: the same
+compute and memory per step as the real model, for speed and memory checks on machines where
+its weights cannot be brought (`make gpu-check`). It learns nothing useful.
+
+Weights are initialised from a fixed seed: two builds are equal.
 """
 
 from __future__ import annotations
@@ -41,23 +48,44 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def build_tiny_model(vocab_size: int, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=True,
+    return _seeded(
+        LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            tie_word_embeddings=True,
+        ),
+        dtype,
     )
+
+
+def _seeded(config: LlamaConfig, dtype: torch.dtype) -> LlamaForCausalLM:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = LlamaForCausalLM(config)
     return model.to(dtype)
+
+
+# SmolLM2-135M's config.json, as far as the compute goes.
+SMOLLM2_135M = {
+    "vocab_size": 49152,
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "max_position_embeddings": 8192,
+    "rope_theta": 100000.0,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": True,
+}
 
 
 @register_model("tiny")
@@ -65,3 +93,15 @@ def load_tiny(dtype: torch.dtype) -> LoadedModel:
     tokenizer = build_tiny_tokenizer()
     model = build_tiny_model(len(tokenizer), dtype)
     return LoadedModel(model=model, tokenizer=tokenizer, name="tiny", pretrained=False)
+
+
+@register_model("smollm2-135m-random")
+def load_smollm2_random(dtype: torch.dtype) -> LoadedModel:
+    tokenizer = build_tiny_tokenizer()
+    ids = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+    model = _seeded(LlamaConfig(**SMOLLM2_135M, **ids), dtype)
+    # Its vocabulary is SmolLM2's; the byte tokenizer reads only the first 259 ids (the
+    # rest decode to nothing), which changes nothing in the cost of a step.
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, name="smollm2-135m-random", pretrained=True
+    )
