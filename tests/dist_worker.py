@@ -55,8 +55,10 @@ FSDP2_CONFIGS = {"fsdp2_full": [*FSDP2, "lora.enabled=false"],
 STEPS = 2
 
 
-def build(name: str, sgd: bool = True):
-    cfg = load_config(None, [*COMMON, *{**CONFIGS, **FSDP2_CONFIGS}[name]])
+def build(name: str, sgd: bool = True, keys: list[str] | None = None):
+    """The method of config `name` (or of `keys` when given) with its step's examples."""
+    keys = keys if keys is not None else {**CONFIGS, **FSDP2_CONFIGS}[name]
+    cfg = load_config(None, [*COMMON, *keys])
     seed_everything(0)
     task = get_task(cfg.task, **cfg.task_options)
     method = get_method_class(cfg.method)(RunContext(cfg, load_model("tiny"), task))

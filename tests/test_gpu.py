@@ -36,16 +36,14 @@ def test_every_method_trains_on_cuda_in_bf16_mixed(tmp_path, name):
 
 
 def test_an_fp32_update_on_cuda_equals_the_cpu_one():
-    dist_worker.CONFIGS["gpu_fp32"] = ["method=grpo", "optim.lr=1e-2", "grpo.kl_coef=0.05",
-                                       "lora.enabled=false", "precision=fp32"]  # fmt: skip
+    keys = ["method=grpo", "optim.lr=1e-2", "grpo.kl_coef=0.05", "lora.enabled=false",
+            "precision=fp32"]  # fmt: skip
     torch.backends.cuda.matmul.allow_tf32 = False
-    cpu, examples = dist_worker.build("gpu_fp32")
+    cpu, examples = dist_worker.build("gpu", keys=keys)
     batch = cpu.rollout(0, examples)
     results = {}
     for device in ("cpu", "cuda"):
-        dist_worker.CONFIGS[f"gpu_fp32_{device}"] = [*dist_worker.CONFIGS["gpu_fp32"],
-                                                     f"device={device}"]  # fmt: skip
-        method, examples = dist_worker.build(f"gpu_fp32_{device}")
+        method, examples = dist_worker.build("gpu", keys=[*keys, f"device={device}"])
         method.rollout = lambda step, ex: copy.deepcopy(batch)
         metrics = method.step(0, examples)
         params = {n: p.detach().cpu() for n, p in method.policy.named_parameters()}
@@ -71,9 +69,9 @@ def test_sampling_on_cuda_is_seeded_and_returns_a_cpu_batch():
 
 
 def test_bf16_mixed_on_cuda_keeps_fp32_weights_and_optimizer_state():
-    dist_worker.CONFIGS["gpu_mixed"] = ["method=grpo", "optim.lr=1e-2", "lora.enabled=false",
-                                        "device=cuda", "precision=bf16-mixed"]  # fmt: skip
-    method, examples = dist_worker.build("gpu_mixed", sgd=False)
+    keys = ["method=grpo", "optim.lr=1e-2", "lora.enabled=false", "device=cuda",
+            "precision=bf16-mixed"]  # fmt: skip
+    method, examples = dist_worker.build("gpu", sgd=False, keys=keys)
     metrics = method.step(0, examples)
     assert math.isfinite(metrics["loss"])
     assert all(p.dtype == torch.float32 and p.is_cuda for p in method.policy.parameters())

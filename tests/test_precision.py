@@ -6,7 +6,12 @@ move between devices."""
 from __future__ import annotations
 
 import copy
+import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,9 +35,7 @@ GRAD_NORM_RTOL = 0.02
 
 
 def build(*keys: str, sgd: bool = False):
-    name = "precision_" + "_".join(keys)
-    dist_worker.CONFIGS[name] = [*BASE, *keys]
-    return dist_worker.build(name, sgd=sgd)
+    return dist_worker.build("precision", sgd=sgd, keys=[*BASE, *keys])
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +137,24 @@ def test_a_batch_moves_with_its_per_row_tensors(fixed_batch):
     assert moved.response_ids.device.type == "meta" and moved.advantages.is_meta
     assert moved.per_row.flags.is_meta and batch.per_row.flags.device.type == "cpu"
     assert moved.completions == batch.completions and moved.rewards is None
+
+
+def test_the_gpu_check_script_runs_here_on_the_cpu(tmp_path):
+    """scripts/gpu_check.py is what `make gpu-check` runs on a GPU; on the CPU with the tiny
+    model it must go through every setting and write its figures (so it cannot rot unseen)."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "gpu-check.json"
+    cmd = [sys.executable, str(root / "scripts" / "gpu_check.py"), "--device", "cpu",
+           "--model", "tiny", "--steps", "2", "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert set(result["settings"]) == {
+        "lora bf16-mixed ckpt",
+        "full bf16-mixed ckpt",
+        "full bf16-mixed",
+        "full fp32",
+    }
+    for setting in result["settings"].values():
+        assert setting["steps"] == 2 and setting["finite_loss"] and setting["median_step_s"] > 0

@@ -37,7 +37,7 @@ from torch import nn
 
 from tandemrl.methods.rewards import reward_metrics, score_rewards
 from tandemrl.models import LoadedModel, apply_lora
-from tandemrl.models.memory import enable_checkpointing
+from tandemrl.models.memory import enable_checkpointing, map_large_blocks
 from tandemrl.models.sharding import shard_model
 from tandemrl.rollout import (
     HFEngine,
@@ -131,6 +131,8 @@ class Method:
         self.compute = run.config.compute()
         self.device = self.compute.device
         run.loaded.model.to(self.device)
+        if self.device.type == "cpu":
+            map_large_blocks()  # freed activations and FSDP2 buffers go back to the OS
         if self.compute.precision == "bf16":  # a model handed in (Python API) as loaded
             run.loaded.model.to(self.compute.weight_dtype)
         if self.compute.gradient_checkpointing:
