@@ -258,3 +258,41 @@ def test_speed_bench_end_to_end_on_tiny(tmp_path):
         "policy_split",
     ]
     assert (tmp_path / "t.md").read_text().startswith("# Speed benchmark")
+
+
+def _compute_run(name: str, rss: float, steps: list[float]) -> dict:
+    per_step = [
+        {
+            "step": i + 1,
+            "step_s": s,
+            "generate_s": s / 2,
+            "logprob_s": 0.0,
+            "update_s": s / 2,
+            "peak_rss_mb": rss,
+        }  # fmt: skip
+        for i, s in enumerate(steps)
+    ]
+    return {"name": name, "per_step": per_step, "peak_rss_mb": rss, "command": f"tandem {name}"}
+
+
+def test_bench_compute_pools_steps_after_warmup_and_divides_by_the_baseline():
+    from tandemrl.bench import compute
+
+    runs = [
+        _compute_run("1-process", 3000.0, [99.0, 10.0, 12.0]),  # step 1 is warm-up: dropped
+        _compute_run("fsdp2-2-ranks", 1800.0, [50.0, 30.0, 30.0]),
+        _compute_run("1-process", 2900.0, [80.0, 14.0, 16.0]),
+    ]
+    summary = compute.summarize(runs)
+    base, sharded = summary["fsdp2"]["1-process"], summary["fsdp2"]["fsdp2-2-ranks"]
+    assert base["step_s"] == 13.0 and base["steps_pooled"] == 4  # median of 10, 12, 14, 16
+    assert base["peak_rss_mb"] == 3000.0  # the largest run's
+    assert sharded["rss_ratio"] == pytest.approx(0.6)
+    assert sharded["step_ratio"] == pytest.approx(30.0 / 13.0)
+    assert "precision" not in summary
+    result = {"date": "d", "command": "c", "machine": {"cpu": "x", "nproc": 2, "mem_gb": 1},
+              "versions": {}, "settings": {"model": "m", "task": "t", "prompts": 8, "group": 4,
+                                           "steps": 3, "repeats": 2},
+              "runs": runs, "summary": summary}  # fmt: skip
+    table = compute.to_markdown(result)
+    assert "| fsdp2 | fsdp2-2-ranks | 30.00 |" in table and "| 0.60 |" in table

@@ -26,13 +26,13 @@ import datetime as _dt
 import json
 import shlex
 import socket
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from tandemrl.bench.speed import _run, machine_info, versions
+from tandemrl.bench import report
+from tandemrl.bench.speed import _run, new_result, record_run
 from tandemrl.runtime.records import read_metrics
 
 # (what, variant name, extra keys, processes); the first variant of each `what` is its baseline
@@ -126,11 +126,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             mine = [r for r in runs if r["name"] == name]
             if not mine:
                 continue
-            steps = [s for r in mine for s in r["per_step"][1:]] or [
-                s for r in mine for s in r["per_step"]
-            ]
+            steps = [s for r in mine for s in report.measured_steps(r["per_step"])]
             rows[name] = {
-                **{p: statistics.median(s[p] for s in steps) for p in PHASES},
+                **{p: report.median(s[p] for s in steps) for p in PHASES},
                 "peak_rss_mb": max(r["peak_rss_mb"] for r in mine),
                 "runs": len(mine),
                 "steps_pooled": len(steps),
@@ -149,38 +147,33 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def to_markdown(result: dict[str, Any]) -> str:
     m, s = result["machine"], result["settings"]
+    units = ", ".join(m.get("cpu_units", [])) or "units not recorded"
+    header = ["what", "variant", "step s", "generate s", "logprob s", "update s", "peak RSS MB",
+              "step x", "update x", "RSS x"]  # fmt: skip
+    rows = [
+        [what, name, *(r[p] for p in PHASES), f"{r['peak_rss_mb']:.0f}"]
+        + [r.get(k) for k in ("step_ratio", "update_ratio", "rss_ratio")]
+        for what, variants in result["summary"].items()
+        for name, r in variants.items()
+    ]
+    commands = {run["name"]: run["command"] for run in reversed(result["runs"])}
     lines = [
         f"# tandem bench compute, {result['date']}",
         "",
         f"`{result['command']}`",
         "",
-        f"Machine: {m['cpu']}, {m['nproc']} cores, {m['mem_gb']} GB; torch "
+        f"Machine: {m['cpu']} ({units}), {m['nproc']} cores, {m['mem_gb']} GB; torch "
         f"{result['versions'].get('torch')}, commit {result['versions'].get('git_commit')}.",
         f"Model {s['model']}, task {s['task']}, {s['prompts']} prompts x {s['group']} samples, "
         f"{s['steps']} steps per run (step 1 dropped), {s['repeats']} repeat(s).",
         "",
-        "| what | variant | step s | generate s | logprob s | update s | peak RSS MB "
-        "| step x | update x | RSS x |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        report.markdown_table(header, rows, digits=2),
+        "",
+        "Commands (one per variant):",
+        "",
+        *(f"- {name}: `{command}`" for name, command in reversed(commands.items())),
+        *(f"- FAILED: {err.splitlines()[0]}" for err in result.get("failed", [])),
     ]
-    for what, rows in result["summary"].items():
-        for name, r in rows.items():
-            ratios = [r.get(k) for k in ("step_ratio", "update_ratio", "rss_ratio")]
-            shown = ["" if x is None else f"{x:.2f}" for x in ratios]
-            lines.append(
-                f"| {what} | {name} | {r['step_s']:.2f} | {r['generate_s']:.2f} | "
-                f"{r['logprob_s']:.2f} | {r['update_s']:.2f} | {r['peak_rss_mb']:.0f} | "
-                + " | ".join(shown)
-                + " |"
-            )
-    lines += ["", "Commands (one per variant):", ""]
-    seen = set()
-    for run in result["runs"]:
-        if run["name"] not in seen:
-            seen.add(run["name"])
-            lines.append(f"- {run['name']}: `{run['command']}`")
-    for err in result.get("failed", []):
-        lines.append(f"- FAILED: {err.splitlines()[0]}")
     return "\n".join(lines) + "\n"
 
 
@@ -220,17 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = ns.name or f"compute-{now:%Y-%m-%d}"
     keys = ("model", "task", "prompts", "group", "tokens", "micro_batch", "ckpt_micro_batch")
     keys += ("ckpt_tokens", "lr", "seed", "steps", "repeats", "what")
-    result: dict[str, Any] = {
-        "benchmark": "compute",
-        "command": shlex.join(["tandem", "bench", "compute", *argv]),
-        "date": now.isoformat(timespec="seconds"),
-        "machine": machine_info(),
-        "versions": versions(),
-        "settings": {k: getattr(ns, k) for k in keys},
-        "runs": [],
-        "summary": {},
-        "complete": False,
-    }
+    result = new_result("compute", argv, {k: getattr(ns, k) for k in keys})
 
     def write() -> None:
         result["summary"] = summarize(result["runs"])
@@ -242,20 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             variants = [v for v in VARIANTS if v[0] == what]
             for rep in range(ns.repeats):
                 for _, name, extra, procs in variants:  # baseline, then variant, alternating
-                    try:
-                        run = run_variant(ns, what, name, extra, procs, rep, Path(tmp_name))
-                    except RuntimeError as err:  # one failed run must not lose the others
-                        print(f"[bench] {err}", file=sys.stderr, flush=True)
-                        result.setdefault("failed", []).append(str(err))
-                        continue
-                    result["runs"].append(run)
-                    steps = ", ".join(f"{s['step_s']:.1f}" for s in run["per_step"])
-                    print(
-                        f"[bench] {name} #{rep}: steps {steps} s, peak RSS "
-                        f"{run['peak_rss_mb']:.0f} MB",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+                    args = (ns, what, name, extra, procs, rep, Path(tmp_name))
+                    record_run(result, lambda args=args: run_variant(*args), rep)
                     write()  # partial results survive a crash or a stop
     result["complete"] = True
     write()

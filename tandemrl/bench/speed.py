@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,27 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"nproc": nproc, "cpu": cpu, "mem_gb": mem_gb, "platform": platform.platform()}
+    return {
+        "nproc": nproc,
+        "cpu": cpu,
+        "cpu_units": cpu_units(),
+        "mem_gb": mem_gb,
+        "platform": platform.platform(),
+    }
+
+
+def cpu_units() -> list[str]:
+    """The vector units that decide CPU matmul speed here (bf16 autocast is fast only with
+    avx512_bf16 or amx_bf16), from /proc/cpuinfo's flags."""
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return [f for f in wanted if f in flags]
+    except OSError:
+        pass
+    return []
 
 
 def versions() -> dict[str, str | None]:
@@ -110,6 +131,37 @@ def versions() -> dict[str, str | None]:
     except (OSError, subprocess.CalledProcessError):
         out["git_commit"] = None
     return out
+
+
+def new_result(benchmark: str, argv: list[str], settings: dict[str, Any]) -> dict[str, Any]:
+    """The record every benchmark writes: what ran (command, settings), when, where (machine,
+    versions, commit), and, filled as it goes, its runs and summary."""
+    return {
+        "benchmark": benchmark,
+        "command": shlex.join(["tandem", "bench", benchmark, *argv]),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "versions": versions(),
+        "settings": settings,
+        "complete": False,
+        "runs": [],
+        "summary": {},
+    }
+
+
+def record_run(result: dict[str, Any], make_run: Callable[[], dict[str, Any]], rep: int) -> None:
+    """Run one benchmark run into `result["runs"]`, or its error into `result["failed"]`:
+    one failed run must not lose the others."""
+    try:
+        run = make_run()
+    except RuntimeError as err:
+        print(f"[bench] {err}", file=sys.stderr, flush=True)
+        result.setdefault("failed", []).append(str(err))
+        return
+    result["runs"].append(run)
+    steps = ", ".join(f"{s['step_s']:.1f}" for s in run["per_step"])
+    rss = f", peak RSS {run['peak_rss_mb']:.0f} MB" if run.get("peak_rss_mb") else ""
+    print(f"[bench] {run['name']} #{rep}: steps {steps} s{rss}", file=sys.stderr, flush=True)
 
 
 def matmul_peak(n: int = 2048, repeats: int = 10) -> dict[str, float]:
@@ -606,22 +658,9 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(ns.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = ns.name or f"speed-{now:%Y-%m-%d}"
-    result: dict[str, Any] = {
-        "benchmark": "speed",
-        "command": shlex.join(["tandem", "bench", "speed", *argv]),
-        "date": now.isoformat(timespec="seconds"),
-        "machine": machine_info(),
-        "versions": versions(),
-        "settings": {
-            k: getattr(ns, k)
-            for k in ("model", "task", "prompts", "group", "tokens", "temperature", "lr")
-            + ("micro_batch", "lora_r", "seed", "steps", "repeats", "what", "configs", "methods")
-            + ("tandem_prompt_once",)
-        },
-        "complete": False,
-        "runs": [],
-        "summary": {},
-    }
+    keys = ("model", "task", "prompts", "group", "tokens", "temperature", "lr", "micro_batch")
+    keys += ("lora_r", "seed", "steps", "repeats", "what", "configs", "methods")
+    result = new_result("speed", argv, {k: getattr(ns, k) for k in (*keys, "tandem_prompt_once")})
     print("[bench] matmul peak ...", file=sys.stderr, flush=True)
     peaks = [matmul_peak()]
     facts = model_facts(ns.model, ns.task, ns.lora_r)
@@ -635,20 +674,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-speed-") as tmp_name:
         tmp = Path(tmp_name)
         for kind, name, config, rep in plan(ns):
-            try:
+
+            def make_run(kind=kind, name=name, config=config, rep=rep) -> dict[str, Any]:
                 if kind == "trl":
-                    run = run_trl(ns, config, rep, tmp)
-                elif kind == "tandem":
-                    run = run_tandem(ns, name, config, [], rep, tmp)
-                else:
-                    run = run_tandem(ns, name, config, METHOD_RUNS[name][0], rep, tmp)
-            except RuntimeError as err:  # one failed run must not lose the others
-                print(f"[bench] {err}", file=sys.stderr, flush=True)
-                result.setdefault("failed", []).append(str(err))
-                continue
-            result["runs"].append(run)
-            steps = ", ".join(f"{s['step_s']:.1f}" for s in run["per_step"])
-            print(f"[bench] {run['name']} #{rep}: steps {steps} s", file=sys.stderr, flush=True)
+                    return run_trl(ns, config, rep, tmp)
+                extra = [] if kind == "tandem" else METHOD_RUNS[name][0]
+                return run_tandem(ns, name, config, extra, rep, tmp)
+
+            record_run(result, make_run, rep)
             write()  # partial results survive a crash or a stop
     peaks.append(matmul_peak())
     result["complete"] = True

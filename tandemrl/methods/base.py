@@ -131,8 +131,6 @@ class Method:
         self.compute = run.config.compute()
         self.device = self.compute.device
         run.loaded.model.to(self.device)
-        if self.device.type == "cpu":
-            map_large_blocks()  # freed activations and FSDP2 buffers go back to the OS
         if self.compute.precision == "bf16":  # a model handed in (Python API) as loaded
             run.loaded.model.to(self.compute.weight_dtype)
         if self.compute.gradient_checkpointing:
@@ -141,6 +139,8 @@ class Method:
         self.setup()
         dist.broadcast_parameters(self.policy)  # ranks start from rank 0's weights
         if run.config.distributed.strategy == "fsdp2" and dist.is_distributed():
+            if self.device.type == "cpu":
+                map_large_blocks()  # gathered layers go back to the OS when freed
             for module in self.sharded_modules():
                 shard_model(module)
         self.update_engine = UpdateEngine(

@@ -36,8 +36,10 @@ def map_large_blocks(threshold: int = 1 << 20) -> None:
     MB), after which such blocks come from the heap and stay in the RSS once freed. FSDP2 frees
     and reallocates every layer's gathered weights and gradients each forward and backward;
     on the heap that fragmentation kept a 2-rank FSDP2 run's peak RSS per rank at 0.97x a
-    single process's for SmolLM2-135M full fine-tuning (`tandem bench compute --what fsdp2`);
-    the figure with it is in docs/distributed.md.
+    single process's for SmolLM2-135M full fine-tuning (`tandem bench compute --what fsdp2`;
+    the figure with it is in docs/distributed.md). Used for FSDP2 on the CPU only: for every
+    run it cost time (fresh pages for every large activation; gradient checkpointing 1.5x
+    slower), benchmarks/results/compute-2026-12-02-mmap-all.md.
     """
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, threshold)
