@@ -37,9 +37,10 @@ def map_large_blocks(threshold: int = 1 << 20) -> None:
     and reallocates every layer's gathered weights and gradients each forward and backward;
     on the heap that fragmentation kept a 2-rank FSDP2 run's peak RSS per rank at 0.97x a
     single process's for SmolLM2-135M full fine-tuning (`tandem bench compute --what fsdp2`;
-    the figure with it is in docs/distributed.md). Used for FSDP2 on the CPU only: for every
-    run it cost time (fresh pages for every large activation; gradient checkpointing 1.5x
-    slower), benchmarks/results/compute-2026-12-02-mmap-all.md.
+    the figure with it is in docs/distributed.md). Used for FSDP2 on the CPU only: applied to
+    every run it cost step time (fresh pages for every large activation: with it, gradient
+    checkpointing took 1.59x the step time of no checkpointing, against 1.05x without it;
+    benchmarks/results/compute-2026-12-02-mmap-all.md and compute-2026-12-02-heap.md).
     """
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, threshold)

@@ -24,6 +24,7 @@ from transformers.generation import (
 )
 
 from tandemrl.models.adapters import mixed_adapter_rows
+from tandemrl.models.memory import release_freed_memory
 from tandemrl.models.sharding import is_sharded, model_device
 from tandemrl.rollout.batch import RolloutBatch
 from tandemrl.rollout.logprobs import distinct_prompts
@@ -159,6 +160,9 @@ def generate(
                 )
             chunks.append(out[:, ids.shape[1] :].cpu())
     model.train(was_training)
+    # The caches and logits of the decode are freed now; on the CPU their heap pages stay in
+    # the RSS until trimmed (450 MB a rank for 2-rank FSDP2 SmolLM2, docs/distributed.md).
+    release_freed_memory()
     width = max(c.shape[1] for c in chunks)
     pad = tokenizer.pad_token_id
     response_ids = torch.cat(
