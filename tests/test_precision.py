@@ -158,3 +158,11 @@ def test_the_gpu_check_script_runs_here_on_the_cpu(tmp_path):
     }
     for setting in result["settings"].values():
         assert setting["steps"] == 2 and setting["finite_loss"] and setting["median_step_s"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_a_missing_device_fails_when_the_config_loads():
+    from tandemrl.loop import load_config
+
+    with pytest.raises(ConfigError, match="device=cuda: this torch build or machine has no CUDA"):
+        load_config(None, ["model=tiny", "device=cuda"])

@@ -70,10 +70,12 @@ def run_eval(
     task = get_task(cfg.task, **cfg.task_options)
     policy = resolve_policy(cfg, checkpoint, policy)
     check_mode(cfg, mode)
-    loaded = load_model(cfg.model, cfg.dtype)
+    compute = cfg.compute()
+    loaded = load_model(cfg.model, cfg.load_dtype)
     model = loaded.model
     if checkpoint:
         model = load_policy_weights(model, Path(checkpoint), policy)
+    model = model.to(compute.device)
     examples = list(task.eval_examples())[: cfg.eval.size]
     if mode is not None:
         from tandemrl.methods import get_method_class
@@ -81,7 +83,8 @@ def run_eval(
         method_cls = get_method_class(cfg.method)
         transform = method_cls.eval_prompt_transform(cfg, loaded.tokenizer, mode)
         examples = [dataclasses.replace(ex, messages=transform(ex.messages)) for ex in examples]
-    result = evaluate_with_config(model, loaded.tokenizer, task, examples, cfg)
+    with compute.autocast():
+        result = evaluate_with_config(model, loaded.tokenizer, task, examples, cfg)
     result["checkpoint"] = checkpoint
     result["policy"] = policy
     result["mode"] = mode
@@ -105,7 +108,7 @@ def run_export(
     Face format with the tokenizer: the peft adapter (load with PeftModel.from_pretrained on
     the base), or with `merged` the base with the adapter folded in (AutoModelForCausalLM)."""
     policy = resolve_policy(cfg, checkpoint, policy)
-    loaded = load_model(cfg.model, cfg.dtype)
+    loaded = load_model(cfg.model, cfg.load_dtype)
     model = load_policy_weights(loaded.model, Path(checkpoint), policy)
     if merged and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()

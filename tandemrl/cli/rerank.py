@@ -57,10 +57,11 @@ def run_rerank(
     d = cfg.duality
     task = get_task(cfg.task, **cfg.task_options)
     examples = list(task.eval_examples())[: cfg.eval.size]
-    loaded = load_model(cfg.model, cfg.dtype)
+    loaded = load_model(cfg.model, cfg.load_dtype)
     model = loaded.model
     if checkpoint:
         model = load_policy_weights(model, Path(checkpoint), None)
+    model = model.to(cfg.compute().device)
     sample = PolicySampler(lambda: model, HFEngine(loaded.tokenizer, cfg.eval.batch_size))
     prompts = [ex.messages for ex in examples]
     tokens = cfg.rollout.max_new_tokens

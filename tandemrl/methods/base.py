@@ -130,7 +130,9 @@ class Method:
         self.rollout_engine = HFEngine(self.tokenizer, r.generation_batch_size)
         self.compute = run.config.compute()
         self.device = self.compute.device
-        run.loaded.model.to(self.device)
+        shard = run.config.distributed.strategy == "fsdp2" and dist.is_distributed()
+        if not shard:  # sharding moves each layer's shards there itself, never a whole model
+            run.loaded.model.to(self.device)
         if self.compute.precision == "bf16":  # a model handed in (Python API) as loaded
             run.loaded.model.to(self.compute.weight_dtype)
         if self.compute.gradient_checkpointing:
@@ -138,11 +140,11 @@ class Method:
         self.policy = self.build_policy(run.loaded)
         self.setup()
         dist.broadcast_parameters(self.policy)  # ranks start from rank 0's weights
-        if run.config.distributed.strategy == "fsdp2" and dist.is_distributed():
+        if shard:
             if self.device.type == "cpu":
                 map_large_blocks()  # gathered layers go back to the OS when freed
             for module in self.sharded_modules():
-                shard_model(module)
+                shard_model(module, self.device)
         self.update_engine = UpdateEngine(
             self.param_groups(), run.config.optim, horizon=r.max_new_tokens, compute=self.compute
         )

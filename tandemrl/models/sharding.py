@@ -35,13 +35,18 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return list(layers)
 
 
-def shard_model(model: nn.Module) -> nn.Module:
-    """FSDP2-shard `model` in place over the default process group (module docstring)."""
+def shard_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """FSDP2-shard `model` in place over every rank of the default process group, its shards
+    on `device` (module docstring). The model may still be on the CPU: each layer moves to
+    `device` as it is sharded, so the whole model is never on one accelerator. (Every rank
+    has loaded the whole model into CPU memory first; loading on rank 0 only is not built.)"""
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
     for layer in decoder_layers(model):
-        fully_shard(layer)
-    fully_shard(model.get_base_model() if hasattr(model, "get_base_model") else model)
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model.get_base_model() if hasattr(model, "get_base_model") else model, mesh=mesh)
     return model
 
 

@@ -197,6 +197,7 @@ def validate(cfg: TrainConfig, check_model: bool = True) -> None:
     for ok, message in _value_checks(cfg):
         if not ok:
             raise ConfigError(message)
+    cfg.compute()  # a device that is not there fails here, before anything loads
     from tandemrl.tasks.reward_sources import check_reward_config
 
     check_reward_config(cfg)
