@@ -138,9 +138,8 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16-mixed", "bf16"] = "auto"
     # recompute activations in the backward (less memory); None = on for accelerators
     gradient_checkpointing: bool | None = None
-    dtype: Literal["float32", "bfloat16", "float16"] = (
-        "float32"  # older key: bfloat16 = precision=bf16
-    )
+    # the weights' dtype as loaded (older key; bfloat16 means precision=bf16)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     # "" = start fresh; "auto" = continue the newest valid checkpoint in output_dir (fresh if
     # none); a path = continue that checkpoint.
     resume: str = ""
