@@ -216,7 +216,8 @@ class PPO(PolicyGradient):
             batch.old_logp = self.score_no_grad(batch).logp
         if cfg.kl_coef:
             batch.ref_logp = self.reference_logp(batch)
-        state.values = torch.cat([self.values(m, grad=False) for m in batch.microbatches(mb)])
+        values = [self.values(m, grad=False) for m in batch.microbatches(mb)]
+        state.values = torch.cat(values).cpu()  # GAE runs with the rewards, on the CPU
         self._use(POLICY, trainable=True)
         return {"ppo/dropped_frac": 1.0 - valid.float().mean().item()}
 
