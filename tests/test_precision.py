@@ -89,7 +89,9 @@ def test_gradient_checkpointing_makes_the_same_update(fixed_batch):
     plain, off = one_step(fixed_batch, "gradient_checkpointing=false", sgd=True)
     method, on = one_step(fixed_batch, "gradient_checkpointing=true", sgd=True)
     assert method.compute.gradient_checkpointing and not plain.compute.gradient_checkpointing
-    assert method.run.loaded.model.is_activation_checkpointing
+    model = method.run.loaded.model
+    # transformers 5.20 renamed is_gradient_checkpointing to is_activation_checkpointing
+    assert getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing
     for key in ("loss", "grad_norm", "kl"):
         assert on[key] == pytest.approx(off[key], rel=1e-5, abs=1e-7), key
     for (name, a), (_, b) in zip(

@@ -39,6 +39,7 @@ from tandemrl.algos.diversity import (
 from tandemrl.algos.dual import (
     adaptive_lr_scale,
     cross_policy_reward,
+    logprob_gap_metrics,
     reward_progress,
     share_candidates,
     share_gradients,
@@ -143,5 +144,6 @@ __all__ = [
     "share_gradients",
     "to_reward_tensor",
     "truncated_importance_weights",
+    "logprob_gap_metrics",
     "whiten",
 ]

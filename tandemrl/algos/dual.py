@@ -64,6 +64,30 @@ def truncated_importance_weights(
         return log_ratio.exp().clamp(max=cap)
 
 
+def logprob_gap_metrics(
+    trainer_logp: Tensor, engine_logp: Tensor, mask: Tensor, cap: float | None = None
+) -> dict[str, float]:
+    """How far a rollout engine's sampling log-probs are from the trainer's for the same
+    tokens: mean and max of |log pi_trainer - log pi_engine| over `mask`, and with a TIS `cap`
+    the mean truncated weight and the share of tokens the cap binds on.
+
+    The two differ by kernels and precision (vLLM vs the training forward), which makes the
+    sampled data slightly off-policy (Yao et al. 2025, "Your efficient RL framework secretly
+    brings you off-policy RL training"; verl and TRL log the same gap).
+    """
+    m = mask.bool()
+    if not m.any():
+        return {}
+    gap = (trainer_logp.detach() - engine_logp)[m]
+    out = {"rollout/logprob_diff_mean": gap.abs().mean().item()}
+    out["rollout/logprob_diff_max"] = gap.abs().max().item()
+    if cap is not None:
+        ratio = gap.clamp(max=20.0).exp()
+        out["rollout/tis_weight_mean"] = ratio.clamp(max=cap).mean().item()
+        out["rollout/tis_capped_frac"] = (ratio > cap).float().mean().item()
+    return out
+
+
 def cross_policy_reward(
     rewards: Tensor,
     group_ids: Tensor,

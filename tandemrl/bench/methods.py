@@ -5,6 +5,7 @@ held-out diversity; JSON, a Markdown table and PNG plots.
     tandem bench methods --suite maths --seeds 0,1,2          # hours on 2 CPU cores
     tandem bench methods --suite maths --quick                # tiny model, a few minutes
     tandem bench methods --suite fc --methods sum,gdpo --seeds 0,1,2
+    tandem bench methods --suite engines --seeds 0,1,2        # the demo, HF vs vLLM rollouts
 
 Each (method, seed) is one `tandem train` process on the suite's config for that method, with
 `seed=S` and the same overrides for all. Runs live in `--runs-dir/<method>/seed<S>`; a run
@@ -45,6 +46,12 @@ SUITES: dict[str, dict[str, Any]] = {
             "dpo": "configs/dpo_online_arith2.yaml",
             "ipo": "configs/ipo_online_arith2.yaml",
         },
+    },
+    # The demo with each rollout engine (docs/vllm.md): same accuracy band expected.
+    "engines": {
+        "baseline": "hf",
+        "target": 0.25,
+        "methods": {"hf": "configs/demo_hf.yaml", "vllm": "configs/demo_vllm.yaml"},
     },
     "fc": {
         "baseline": "sum",

@@ -145,7 +145,7 @@ def speed_rows(speed: Sequence[dict[str, Any]]) -> list[list[Any]]:
             rows.append(
                 [
                     entry["config"],
-                    fw,
+                    entry.get(f"{fw}_name", fw),
                     r["step_s"],
                     r["generate_s"],
                     r["logprob_s"],
@@ -158,7 +158,7 @@ def speed_rows(speed: Sequence[dict[str, Any]]) -> list[list[Any]]:
         rows.append(
             [
                 entry["config"],
-                "**tandem / TRL**",
+                f"**{entry.get('tandem_name', 'tandem')} / {entry.get('trl_name', 'TRL')}**",
                 f"**{fmt(q['step_s'], 2)}x**",
                 fmt(q["generate_s"], 2) + "x",
                 fmt(q["logprob_s"], 2) + "x",
@@ -182,11 +182,19 @@ SPEED_HEADER = (
 )
 
 
-def compare_frameworks(tandem: dict[str, Any], trl: dict[str, Any], config: str) -> dict[str, Any]:
-    """One config's pooled figures for both frameworks and the tandem/TRL ratios."""
+def compare_frameworks(
+    tandem: dict[str, Any],
+    trl: dict[str, Any],
+    config: str,
+    names: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """One config's pooled figures for both frameworks and the tandem/TRL ratios; `names`
+    labels the two runs when there are several of a framework (rollout engines)."""
     keys = ("step_s", *PHASES, "tokens_per_s", "peak_rss_mb")
+    labels = {} if names is None else {"tandem_name": names[0], "trl_name": names[1]}
     return {
         "config": config,
+        **labels,
         "tandem": tandem,
         "trl": trl,
         "ratio": {k: ratio(tandem[k], trl[k]) for k in keys},

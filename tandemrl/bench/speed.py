@@ -66,6 +66,9 @@ METHOD_RUNS: dict[str, tuple[list[str], str | None]] = {
 }
 DEFAULT_METHODS = "policy_split,dupo-simultaneous"
 TARGETS = {"tandem_vs_trl_step": 0.5, "dupo_memory": 1.1, "policy_split_time": 1.5}
+# The vLLM engine (docs/vllm.md): its GRPO step at most 0.4x TRL's best configuration, and
+# its generation at least 1.5x faster than the HF engine's in the same command.
+VLLM_TARGETS = {"vllm_vs_trl_best_step": 0.4, "vllm_vs_hf_generate": 1 / 1.5}
 
 
 # -- machine facts --------------------------------------------------------------------------
@@ -328,19 +331,22 @@ def run_tandem(
     }
 
 
-def run_trl(ns: argparse.Namespace, config: str, repeat: int, tmp: Path) -> dict[str, Any]:
-    out = tmp / f"trl-{config}-{repeat}.json"
+def run_trl(
+    ns: argparse.Namespace, config: str, repeat: int, tmp: Path, vllm: bool = False
+) -> dict[str, Any]:
+    name = f"trl-vllm-{config}" if vllm else f"trl-{config}"
+    out = tmp / f"{name}-{repeat}.json"
     cmd = [sys.executable, "-m", "tandemrl.bench.trl_grpo", "--json", str(out)]
     cmd += ["--model", ns.model, "--task", ns.task, "--config", config, "--steps", str(ns.steps)]
     cmd += ["--prompts", str(ns.prompts), "--group", str(ns.group), "--tokens", str(ns.tokens)]
     cmd += ["--temperature", str(ns.temperature), "--lr", str(ns.lr)]
     cmd += ["--lora-r", str(ns.lora_r), "--micro-batch", str(ns.micro_batch)]
-    cmd += ["--seed", str(ns.seed)]
-    wall = _run(cmd, tmp / f"trl-{config}-{repeat}.log")
+    cmd += ["--seed", str(ns.seed), *(["--vllm"] if vllm else [])]
+    wall = _run(cmd, tmp / f"{name}-{repeat}.log")
     result = json.loads(out.read_text())
     result.update(
         {
-            "name": f"trl-{config}",
+            "name": name,
             "repeat": repeat,
             "wall_s": wall,
             "command": shlex.join(["python", *cmd[1:4], "OUT.json", *cmd[5:]]),
@@ -361,10 +367,26 @@ def summarize(
         by_name.setdefault(run["name"], []).append(run)
     pooled = {name: report.pool(group) for name, group in by_name.items()}
     summary: dict[str, Any] = {"pooled": pooled, "speed": [], "methods_cost": [], "flops": []}
+    summary["engines"] = []
     for config in ns.configs:
         t, r = pooled.get(f"tandem-{config}"), pooled.get(f"trl-{config}")
         if t and r:
             summary["speed"].append(report.compare_frameworks(t, r, config))
+        trls = [n for n in (f"trl-{config}", f"trl-vllm-{config}") if n in pooled]
+        v = pooled.get(f"tandem-vllm-{config}")
+        if v and trls:
+            best = min(trls, key=lambda n: pooled[n]["step_s"])
+            names = (f"tandem-vllm-{config}", best)
+            summary["speed"].append(report.compare_frameworks(v, pooled[best], config, names))
+        if v and t:
+            summary["engines"].append(
+                {
+                    "config": config,
+                    "vllm_vs_hf_generate": report.ratio(v["generate_s"], t["generate_s"]),
+                    "vllm_vs_hf_step": report.ratio(v["step_s"], t["step_s"]),
+                    "vllm_vs_hf_memory": report.ratio(v["peak_rss_mb"], t["peak_rss_mb"]),
+                }
+            )
     for name, (_, base) in METHOD_RUNS.items():
         if base is None or name not in pooled:
             continue
@@ -419,11 +441,18 @@ def summarize(
         )
     targets = []
     for entry in summary["speed"]:
+        vllm = entry.get("tandem_name", "").startswith("tandem-vllm")
+        name = f"{entry['tandem_name']} / {entry['trl_name']}" if vllm else "tandem/TRL"
+        limit = VLLM_TARGETS["vllm_vs_trl_best_step"] if vllm else TARGETS["tandem_vs_trl_step"]
+        targets.append(
+            report.target(f"{name} step time ({entry['config']})", entry["ratio"]["step_s"], limit)
+        )
+    for entry in summary["engines"]:
         targets.append(
             report.target(
-                f"tandem/TRL step time ({entry['config']})",
-                entry["ratio"]["step_s"],
-                TARGETS["tandem_vs_trl_step"],
+                f"vLLM / HF engine generation time ({entry['config']})",
+                entry["vllm_vs_hf_generate"],
+                VLLM_TARGETS["vllm_vs_hf_generate"],
             )
         )
     for entry in summary["methods_cost"]:
@@ -483,6 +512,27 @@ def to_markdown(result: dict[str, Any]) -> str:
             "`_calculate_rewards`, `_prepare_inputs`); TRL's logprob/prep = `_prepare_inputs` "
             "minus generation and rewards (decoding, advantages), its update = step minus "
             "`_prepare_inputs`. tokens/s = completion tokens per step / step time.",
+            "",
+        ]
+    if s.get("engines"):
+        rows = [
+            [
+                e["config"],
+                f"{report.fmt(e['vllm_vs_hf_generate'], 2)}x",
+                f"{report.fmt(e['vllm_vs_hf_step'], 2)}x",
+                f"{report.fmt(e['vllm_vs_hf_memory'], 2)}x",
+            ]
+            for e in s["engines"]
+        ]
+        header = ("config", "generate time", "step time", "peak RSS")
+        lines += [
+            "## tandemrl's rollout engines: vLLM / HF",
+            "",
+            report.markdown_table(header, rows),
+            "",
+            "`tandem-vllm-*` runs sample with `rollout.engine=vllm` (docs/vllm.md), in the same "
+            "alternating command as the HF engine's `tandem-*` runs. Step 1, dropped as warm-up, "
+            "includes the engine's start.",
             "",
         ]
     if s["methods_cost"]:
@@ -592,6 +642,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--what", default="speed,methods-cost", help="speed, methods-cost or both")
     p.add_argument("--configs", default="lora,full", help="lora, full or both (speed)")
     p.add_argument("--methods", default=DEFAULT_METHODS, help=f"of {', '.join(METHOD_RUNS)}")
+    p.add_argument("--engines", default="hf", help="tandemrl's rollout engines: hf, vllm or both")
+    p.add_argument(
+        "--trl-vllm", action="store_true", help="also TRL with its colocated vLLM (use_vllm)"
+    )
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--repeats", type=int, default=2, help="runs per framework and config")
     p.add_argument("--model", default="smollm2-135m")
@@ -613,11 +667,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ns.what = [w for w in ns.what.split(",") if w]
     ns.configs = [c for c in ns.configs.split(",") if c]
     ns.methods = [m for m in ns.methods.split(",") if m]
+    ns.engines = [e for e in ns.engines.split(",") if e]
     ns.tandem_prompt_once = True  # how this version computes prompts; see `summarize`
     bad = (
         [w for w in ns.what if w not in ("speed", "methods-cost")]
         + [c for c in ns.configs if c not in ("lora", "full")]
         + [m for m in ns.methods if m not in METHOD_RUNS]
+        + [e for e in ns.engines if e not in ("hf", "vllm")]
     )
     if bad:
         p.error(f"unknown value(s) {bad}")
@@ -630,7 +686,12 @@ def plan(ns: argparse.Namespace) -> list[tuple[str, str, str, int]]:
     if "speed" in ns.what:
         for config in ns.configs:
             for rep in range(ns.repeats):
-                runs += [("tandem", f"tandem-{config}", config, rep), ("trl", "", config, rep)]
+                for engine in ns.engines:
+                    name = f"tandem-{config}" if engine == "hf" else f"tandem-vllm-{config}"
+                    runs.append(("tandem", name, config, rep))
+                runs.append(("trl", f"trl-{config}", config, rep))
+                if ns.trl_vllm:
+                    runs.append(("trl", f"trl-vllm-{config}", config, rep))
     if "methods-cost" in ns.what:
         names = list(ns.methods)
         have_grpo = "speed" in ns.what and "lora" in ns.configs
@@ -659,7 +720,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = ns.name or f"speed-{now:%Y-%m-%d}"
     keys = ("model", "task", "prompts", "group", "tokens", "temperature", "lr", "micro_batch")
-    keys += ("lora_r", "seed", "steps", "repeats", "what", "configs", "methods")
+    keys += ("lora_r", "seed", "steps", "repeats", "what", "configs", "methods", "engines")
+    keys += ("trl_vllm",)
     result = new_result("speed", argv, {k: getattr(ns, k) for k in (*keys, "tandem_prompt_once")})
     print("[bench] matmul peak ...", file=sys.stderr, flush=True)
     peaks = [matmul_peak()]
@@ -677,8 +739,10 @@ def main(argv: list[str] | None = None) -> int:
 
             def make_run(kind=kind, name=name, config=config, rep=rep) -> dict[str, Any]:
                 if kind == "trl":
-                    return run_trl(ns, config, rep, tmp)
+                    return run_trl(ns, config, rep, tmp, vllm=name.startswith("trl-vllm"))
                 extra = [] if kind == "tandem" else METHOD_RUNS[name][0]
+                if name.startswith("tandem-vllm"):
+                    extra = ["rollout.engine=vllm"]
                 return run_tandem(ns, name, config, extra, rep, tmp)
 
             record_run(result, make_run, rep)

@@ -99,7 +99,8 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
 
         def on_step_end(self, args, state, control, **kwargs):
             step_s = time.perf_counter() - self.t0
-            gen = timings.get("transformers.generate", 0.0)
+            # HF generate, or TRL's colocated vLLM (--vllm: use_vllm, vllm_mode=colocate)
+            gen = timings.get("transformers.generate", 0.0) + timings.get("vLLM.generate", 0.0)
             rew = timings.get("_calculate_rewards", 0.0)
             prep = timings.get("_prepare_inputs", 0.0)
             records.append(
@@ -156,6 +157,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
             log_completions=False,
             dataloader_num_workers=0,
             seed=ns.seed,
+            **vllm_settings(ns),
         )
         trainer = GRPOTrainer(
             model=loaded.model,
@@ -181,6 +183,14 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def vllm_settings(ns: argparse.Namespace) -> dict[str, Any]:
+    """TRL's own colocated vLLM engine (`--vllm`), with the memory share tandemrl's engine
+    gets on the CPU (vLLM reads the GPU share as a share of RAM there)."""
+    if not ns.vllm:
+        return {}
+    return {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.1}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", required=True, help="where to write the run's result")
@@ -196,6 +206,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vllm", action="store_true", help="generate with TRL's colocated vLLM")
     return p.parse_args(argv)
 
 

@@ -137,6 +137,7 @@ class Trainer:
         self.sampler = PromptSampler(train_examples, cfg.seed)
         run = RunContext(cfg, self.loaded, self.task, draw_prompts=self.draw_prompts)
         self.method = get_method_class(cfg.method)(run)
+        log(f"rollout engine: {self.method.rollout_engine.describe()}")
         # FSDP2: every rank holds a shard, so evaluation and checkpoints involve every rank.
         self.sharded = self.method.update_engine.sharded
         engine = HFEngine(self.loaded.tokenizer, cfg.eval.batch_size)

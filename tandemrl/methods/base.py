@@ -35,12 +35,12 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from tandemrl.errors import ConfigError
 from tandemrl.methods.rewards import reward_metrics, score_rewards
 from tandemrl.models import LoadedModel, apply_lora
 from tandemrl.models.memory import enable_checkpointing, map_large_blocks
 from tandemrl.models.sharding import shard_model
 from tandemrl.rollout import (
-    HFEngine,
     RolloutBatch,
     SampleRequest,
     SamplingConfig,
@@ -49,6 +49,7 @@ from tandemrl.rollout import (
 )
 from tandemrl.runtime import distributed as dist
 from tandemrl.runtime.config import TrainConfig
+from tandemrl.runtime.engines import build_rollout_engine
 from tandemrl.runtime.update import ParamGroup, UpdateEngine
 from tandemrl.tasks import Example, Task
 
@@ -107,6 +108,10 @@ class Method:
     eval_modes: ClassVar[tuple[str, ...]] = ()
     # Whether `distributed.strategy=fsdp2` is supported (tested) for this method.
     supports_fsdp2: ClassVar[bool] = True
+    # Whether the loss corrects for a separate rollout engine (`rollout.tis_cap`): the
+    # policy-gradient family does (objective.EngineLogp); methods that train on rows under
+    # another prompt or policy than the one that sampled them do not yet.
+    supports_tis: ClassVar[bool] = False
 
     @dataclass
     class Config:
@@ -127,7 +132,12 @@ class Method:
         self.tokenizer = run.loaded.tokenizer
         r = run.config.rollout
         self.sampling = SamplingConfig(r.max_new_tokens, r.temperature, r.top_p)
-        self.rollout_engine = HFEngine(self.tokenizer, r.generation_batch_size)
+        if r.tis_cap is not None and not self.supports_tis:
+            raise ConfigError(
+                f"rollout.tis_cap: {self.name} does not correct for the rollout engine yet "
+                "(GRPO, GDPO, GD2PO, DiPO and PPO do); leave rollout.tis_cap null"
+            )
+        self.rollout_engine = build_rollout_engine(run.config, self.tokenizer)
         self.compute = run.config.compute()
         self.device = self.compute.device
         shard = run.config.distributed.strategy == "fsdp2" and dist.is_distributed()

@@ -185,6 +185,7 @@ class DiPO(GRPO):
                 micro.train_mask,
                 state.realloc_normalizer,
                 state.clip_bounds,
+                self.engine_logp(micro),
             )
             out.loss = out.loss + cfg.alpha * term.loss
             out.metrics["dipo/realloc_loss"] = term.loss.item()

@@ -19,12 +19,23 @@ from tandemrl.algos import (
     LossResult,
     bapo_clip_bounds,
     kl_loss,
+    logprob_gap_metrics,
+    truncated_importance_weights,
 )
 from tandemrl.errors import ConfigError
 from tandemrl.rollout import RolloutBatch
 from tandemrl.runtime import distributed as dist
 
 BAPO = "bapo"
+
+
+@dataclass
+class EngineLogp:
+    """A separate rollout engine's sampling log-probs of a microbatch [B, T] (None: the
+    training module sampled) and the run's truncated-importance-sampling cap (None: off)."""
+
+    logp: torch.Tensor | None
+    tis_cap: float | None = None
 
 
 @dataclass
@@ -70,16 +81,30 @@ class ClippedObjective:
         mask: torch.Tensor,
         normalizer: LossNormalizer,
         bounds: ClipBounds | None = None,
+        engine: EngineLogp | None = None,
     ) -> LossResult:
         """The configured surrogate (`POLICY_LOSSES[loss]`): the one place the loss registry
         is called. BAPO gets the update's adaptive `bounds` (`bapo_bounds`); every other
-        loss the configured `clip_low` / `clip_high`."""
+        loss the configured `clip_low` / `clip_high`. With a separate rollout `engine`, the
+        gap between its sampling log-probs and `old_logp` is logged, and with its TIS cap
+        each token's advantage is weighted by min(pi_old / pi_engine, cap) (a positive
+        factor, so it scales the clipped surrogate token by token)."""
         fn = POLICY_LOSSES.get(self.loss)
         common = {"aggregation": self.aggregation, "normalizer": normalizer, **self.loss_options}
+        gap: dict[str, float] = {}
+        if engine is not None and engine.logp is not None:
+            gap = logprob_gap_metrics(old_logp, engine.logp, mask, engine.tis_cap)
+            if engine.tis_cap is not None:
+                weights = truncated_importance_weights(old_logp, engine.logp, engine.tis_cap)
+                per_token = advantages if advantages.dim() == 2 else advantages[:, None]
+                advantages = per_token * weights
         if self.loss == BAPO:
-            return fn(logp, old_logp, advantages, mask, bounds=bounds, **common)
-        clip = {"clip_low": self.clip_low, "clip_high": self.clip_high}
-        return fn(logp, old_logp, advantages, mask, **clip, **common)
+            result = fn(logp, old_logp, advantages, mask, bounds=bounds, **common)
+        else:
+            clip = {"clip_low": self.clip_low, "clip_high": self.clip_high}
+            result = fn(logp, old_logp, advantages, mask, **clip, **common)
+        result.metrics.update(gap)
+        return result
 
     def kl_term(
         self,

@@ -22,6 +22,7 @@ from tandemrl.algos import ClipBounds, LossNormalizer, entropy_bonus, kl_in_rewa
 from tandemrl.methods.base import Method, StepState
 from tandemrl.methods.objective import (
     ClippedObjective,
+    EngineLogp,
     bapo_metrics,
     mean_over_updates,
     minibatch_rows,
@@ -49,6 +50,7 @@ class PolicyGradient(Method):
     docstring); subclasses give the advantages."""
 
     State = PolicyGradientStep
+    supports_tis = True  # loss_from_scores passes the engine's log-probs (engine_logp)
     minibatch_by_group = True  # keep a prompt's responses in one minibatch (PPO: rows)
 
     def setup(self) -> None:
@@ -109,6 +111,10 @@ class PolicyGradient(Method):
         return {**acc.metrics, "loss": acc.loss, **result, **bapo_metrics(state.clip_bounds)}
 
     # -- pieces other methods reuse ---------------------------------------------------------
+    def engine_logp(self, micro: RolloutBatch) -> EngineLogp:
+        """The rollout engine's sampling log-probs of `micro` (vLLM) and the TIS cap."""
+        return EngineLogp(micro.sampling_logp, self.config.rollout.tis_cap)
+
     def reference_logp(self, batch: RolloutBatch) -> torch.Tensor:
         mb = self.config.optim.micro_batch_size
         return self.reference.scores(batch, self.sampling.temperature, mb).logp
@@ -152,7 +158,10 @@ class PolicyGradient(Method):
         # Without π_old scored beforehand (one update a step), the behaviour policy is the
         # current one: the ratio is exactly 1 in value and carries the gradient of log π.
         old_logp = micro.old_logp if micro.old_logp is not None else scores.logp.detach()
-        policy = cfg.policy_loss(scores.logp, old_logp, micro.advantages, mask, normalizer, bounds)
+        engine = self.engine_logp(micro)
+        policy = cfg.policy_loss(
+            scores.logp, old_logp, micro.advantages, mask, normalizer, bounds, engine
+        )
         total = policy.loss
         metrics = dict(policy.metrics)
         ent = entropy_bonus(

@@ -90,6 +90,7 @@ class SplitStep(PolicyGradientStep):
 @register_method("policy_split")
 class PolicySplit(PolicyGradient):
     Config = PolicySplitConfig
+    supports_tis = False  # rows train under another mode's prompt than they were sampled in
     State = SplitStep
     eval_modes: ClassVar[tuple[str, ...]] = MODES
     default_mode: ClassVar[str] = NORMAL

@@ -33,6 +33,9 @@ class RolloutBatch:
     reward_names: list[str] = field(default_factory=list)
     advantages: torch.Tensor | None = None  # [B] or [B, T]
     old_logp: torch.Tensor | None = None  # [B, T] behaviour-policy log-probs
+    # [B, T] log-probs the rollout engine sampled with (vLLM; None for the HF engine, which
+    # samples from the training module itself), compared with old_logp by the trainer.
+    sampling_logp: torch.Tensor | None = None
     ref_logp: torch.Tensor | None = None  # [B, T] reference-policy log-probs
     # [B, T] tokens that enter the loss; None = response_mask. Filters (abstained rewards,
     # conflict filters, token selection) narrow it without touching the response itself.
@@ -130,6 +133,7 @@ class RolloutBatch:
             reward_names=list(batches[0].reward_names),
             advantages=cat("advantages"),
             old_logp=cat("old_logp", right),
+            sampling_logp=cat("sampling_logp", right),
             ref_logp=cat("ref_logp", right),
             loss_mask=cat("loss_mask", right),
             reward_errors=errors,

@@ -41,6 +41,10 @@ class RolloutEngine(ABC):
     def generate(self, model: nn.Module, request: SampleRequest) -> RolloutBatch:
         """Sample `request` from `model`'s current weights."""
 
+    def describe(self) -> str:
+        """One line for the run's log."""
+        return self.name
+
 
 class HFEngine(RolloutEngine):
     """Hugging Face `generate` on the training process's own module (`rollout.engine=hf`):

@@ -117,7 +117,7 @@ def generate(
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)
     prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)
     prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)
-    eos_ids = _eos_ids(model, tokenizer)
+    eos_ids = eos_token_ids(model, tokenizer)
     greedy = sampling.temperature <= 0
     sampler = LogitsProcessorList(
         [] if greedy else [InverseCdfSampler(sampling.temperature, sampling.top_k, sampling.top_p)]
@@ -230,7 +230,8 @@ def prefill_once(
     return {"past_key_values": cache}
 
 
-def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The tokens that end a response: the tokenizer's EOS and the model's generation EOS."""
     ids = {tokenizer.eos_token_id}
     cfg_eos = getattr(model.generation_config, "eos_token_id", None)
     if isinstance(cfg_eos, int):
