@@ -125,6 +125,30 @@ def test_plan_alternates_frameworks_and_adds_missing_baselines():
     assert [name for _, name, _, _ in bench_speed.plan(ns)] == ["grpo", "policy_split"]
 
 
+def test_engines_alternate_and_vllm_is_judged_against_the_best_trl():
+    args = ["--what", "speed", "--configs", "lora", "--engines", "hf,vllm", "--trl-vllm"]
+    ns = bench_speed.parse_args([*args, "--repeats", "2"])
+    names = [name for _, name, _, _ in bench_speed.plan(ns)]
+    assert names == ["tandem-lora", "tandem-vllm-lora", "trl-lora", "trl-vllm-lora"] * 2
+    runs = [
+        _run("tandem-lora", "tandem", "lora", [30.0, 16.0, 16.0], 2000.0),  # generate 8 s
+        _run("tandem-vllm-lora", "tandem", "lora", [90.0, 10.0, 10.0], 5000.0),  # 5 s
+        _run("trl-lora", "trl", "lora", [40.0, 30.0, 30.0], 4000.0),
+        _run("trl-vllm-lora", "trl", "lora", [60.0, 20.0, 20.0], 6000.0),
+    ]
+    summary = bench_speed.summarize(runs, None, [], ns)
+    vllm = next(e for e in summary["speed"] if e.get("tandem_name") == "tandem-vllm-lora")
+    assert vllm["trl_name"] == "trl-vllm-lora"  # the faster TRL configuration
+    assert vllm["ratio"]["step_s"] == pytest.approx(0.5)
+    engines = summary["engines"][0]
+    assert engines["vllm_vs_hf_generate"] == pytest.approx(5 / 8)
+    assert engines["vllm_vs_hf_memory"] == pytest.approx(2.5)
+    met = {t["name"]: (t["value"], t["met"]) for t in summary["targets"]}
+    assert met["tandem-vllm-lora / trl-vllm-lora step time (lora)"] == (pytest.approx(0.5), False)
+    assert met["vLLM / HF engine generation time (lora)"] == (pytest.approx(0.625), True)
+    assert met["tandem/TRL step time (lora)"] == (pytest.approx(16 / 30), False)
+
+
 def test_prompt_lengths_count_token_ids_of_the_templated_prompt():
     from tandemrl.models.tiny import build_tiny_tokenizer
     from tandemrl.tasks import get_task

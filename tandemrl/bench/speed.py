@@ -611,7 +611,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         ]
     if s["targets"]:
         rows = [
-            [t["name"], f"{report.fmt(t['value'], 2)}", f"<= {t['limit']}", t["met"]]
+            [t["name"], f"{report.fmt(t['value'], 2)}", f"<= {report.fmt(t['limit'], 2)}", t["met"]]
             for t in s["targets"]
         ]
         lines += ["## Targets", "", report.markdown_table(("target", "measured", "limit", "met"), rows), ""]  # fmt: skip
@@ -630,7 +630,8 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"{report.fmt(run['peak_rss_mb'], 0)} MB"
         )
     for err in result.get("failed", []):
-        lines.append(f"- FAILED: {err.splitlines()[0]}")
+        said = [line for line in err.splitlines() if line.strip()]
+        lines.append(f"- FAILED: {said[0]} ... {said[-1].strip()}")
     return "\n".join(lines) + "\n"
 
 

@@ -168,14 +168,29 @@ def generate(
     response_ids = torch.cat(
         [torch.nn.functional.pad(c, (0, width - c.shape[1]), value=pad) for c in chunks]
     )
+    return rollout_batch(tokenizer, prompt_ids, prompt_mask, response_ids, eos_ids, num_samples)
+
+
+def rollout_batch(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    eos_ids: list[int],
+    num_samples: int,
+    **extra: torch.Tensor,
+) -> RolloutBatch:
+    """The batch of an engine's output: rows (prompt i, sample j) at i*num_samples+j, prompts
+    already repeated per row, responses right-padded; masks, truncation and text follow from
+    the ids (`extra`: more RolloutBatch fields, e.g. the engine's sampling log-probs)."""
     response_mask = response_mask_from_ids(response_ids, eos_ids)
-    # Padding may reuse the EOS id; mask positions that generate() padded after finishing.
+    # Padding may reuse the EOS id; mask positions that were padded after finishing.
     has_eos = (torch.isin(response_ids, torch.tensor(eos_ids)) & response_mask.bool()).any(-1)
-    truncated = ~has_eos
+    pad = tokenizer.pad_token_id
     completions = tokenizer.batch_decode(
         response_ids.masked_fill(response_mask == 0, pad), skip_special_tokens=True
     )
-    n_prompts = len(prompts)
+    n_prompts = len(prompt_ids) // num_samples
     return RolloutBatch(
         prompt_ids=prompt_ids,
         prompt_mask=prompt_mask,
@@ -184,7 +199,8 @@ def generate(
         group_ids=torch.arange(n_prompts).repeat_interleave(num_samples),
         example_index=[i for i in range(n_prompts) for _ in range(num_samples)],
         completions=completions,
-        truncated=truncated,
+        truncated=~has_eos,
+        **{k: v * response_mask for k, v in extra.items()},
     )
 
 

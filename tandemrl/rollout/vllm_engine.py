@@ -40,7 +40,7 @@ from tandemrl.models.serving import (
 )
 from tandemrl.rollout.batch import RolloutBatch
 from tandemrl.rollout.engine import RolloutEngine, SampleRequest
-from tandemrl.rollout.generate import encode_prompts, eos_token_ids, response_mask_from_ids
+from tandemrl.rollout.generate import encode_prompts, eos_token_ids, rollout_batch
 
 
 class VllmUnavailableError(RuntimeError):
@@ -203,7 +203,7 @@ class VllmEngine(RolloutEngine):
             n=1,
             temperature=max(s.temperature, 0.0),
             top_p=s.top_p,
-            top_k=s.top_k if s.top_k > 0 else 0,
+            top_k=s.top_k,  # 0 = off, in both
             max_tokens=s.max_new_tokens,
             seed=None if request.seed is None else request.seed + row,
             stop_token_ids=eos_ids,
@@ -228,22 +228,14 @@ class VllmEngine(RolloutEngine):
             response_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             logps = [step[token].logprob for step, token in zip(out.logprobs, ids, strict=True)]
             sampling_logp[row, : len(ids)] = torch.tensor(logps)
-        response_mask = response_mask_from_ids(response_ids, eos_ids)
-        has_eos = (torch.isin(response_ids, torch.tensor(eos_ids)) & response_mask.bool()).any(-1)
-        completions = self.tokenizer.batch_decode(
-            response_ids.masked_fill(response_mask == 0, pad), skip_special_tokens=True
-        )
-        n_prompts = len(request.prompts)
-        return RolloutBatch(
-            prompt_ids=prompt_ids.repeat_interleave(n, dim=0),
-            prompt_mask=prompt_mask.repeat_interleave(n, dim=0),
-            response_ids=response_ids,
-            response_mask=response_mask,
-            group_ids=torch.arange(n_prompts).repeat_interleave(n),
-            example_index=[i for i in range(n_prompts) for _ in range(n)],
-            completions=completions,
-            truncated=~has_eos,
-            sampling_logp=sampling_logp * response_mask,
+        return rollout_batch(
+            self.tokenizer,
+            prompt_ids.repeat_interleave(n, dim=0),
+            prompt_mask.repeat_interleave(n, dim=0),
+            response_ids,
+            eos_ids,
+            n,
+            sampling_logp=sampling_logp,
         )
 
 
