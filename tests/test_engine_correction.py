@@ -89,6 +89,7 @@ def test_served_weights_are_the_merged_model_in_checkpoint_names(two_adapters):
 
 def test_weights_version_moves_with_an_update_only(two_adapters):
     v0 = weights_version(two_adapters)
+    first, second = weights_version(two_adapters, "first"), weights_version(two_adapters, "second")
     with torch.no_grad():
         two_adapters(torch.tensor([[1, 2, 3]]))
     assert weights_version(two_adapters) == v0
@@ -98,6 +99,9 @@ def test_weights_version_moves_with_an_update_only(two_adapters):
     opt.step()
     opt.zero_grad()
     assert weights_version(two_adapters) != v0
+    # only the active adapter ("first") trains: the other's served weights did not change
+    assert weights_version(two_adapters, "first") != first
+    assert weights_version(two_adapters, "second") == second
 
 
 @pytest.mark.parametrize(

@@ -90,7 +90,17 @@ def test_two_adapters_in_one_call_each_sample_their_own(mode):
     assert_same_greedy(found["greedy"])
     hf = found["greedy"]["hf"]
     assert hf[0::2] != hf[1::2]  # the two adapters do answer differently
-    assert found["pushes"] == (2 if mode == "merge" else 1)
+    # after an update of the exploiter alone, the engine serves it updated and the explorer
+    # as it was
+    after = found["after_edit"]
+    assert_same_greedy(after)
+    assert after["hf"][0::2] == hf[0::2] and after["hf"][1::2] != hf[1::2]
+    if mode == "merge":  # one push per adapter and call
+        assert found["pushes"] == 4
+    else:  # the frozen base once; only the changed adapter is loaded again, under a new id
+        assert found["pushes"] == 1
+        before, now = found["lora_ids_before"], found["lora_ids_after"]
+        assert now["explore"] == before["explore"] and now["exploit"] != before["exploit"]
 
 
 def test_grpo_samples_from_the_updated_weights():

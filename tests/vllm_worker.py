@@ -131,7 +131,19 @@ def scenario_lora(mode: str) -> dict:
     model, tokenizer = two_adapter_model()
     engine = VllmEngine(tokenizer, VllmSettings(**{**vars(SETTINGS), "lora": mode}))
     names = ["explore", "exploit"] * len(PROMPTS)  # row 2i: explorer, 2i+1: exploiter
-    return {"greedy": greedy_pair(model, tokenizer, engine, names), "pushes": engine.pushes}
+    first = greedy_pair(model, tokenizer, engine, names)
+    ids_before = {k: v[1].lora_int_id for k, v in engine._adapters.items()}
+    with torch.no_grad():  # an update of the exploiter alone
+        for key, p in adapter_parameters(model, "exploit").items():
+            if "lora_B" in key:
+                p.mul_(-1.0)
+    return {
+        "greedy": first,
+        "after_edit": greedy_pair(model, tokenizer, engine, names),
+        "pushes": engine.pushes,
+        "lora_ids_before": ids_before,
+        "lora_ids_after": {k: v[1].lora_int_id for k, v in engine._adapters.items()},
+    }
 
 
 def method_steps(method_keys: list[str], steps: int = 2) -> dict:

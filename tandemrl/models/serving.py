@@ -64,7 +64,14 @@ def serving_weights(
         yield f"{owner}.{leaf}", tensor
 
 
-def weights_version(model: nn.Module) -> tuple[int, ...]:
-    """Changes whenever any parameter is written in place (an optimizer step, a checkpoint
-    load): torch counts in-place writes on each tensor. Cheap, and exact for that purpose."""
-    return tuple(v for p in model.parameters() for v in (id(p), p._version))
+def weights_version(model: nn.Module, adapter: str | None = None) -> tuple[int, ...]:
+    """Changes whenever a parameter the served weights depend on is written in place (an
+    optimizer step, a checkpoint load): torch counts in-place writes on each tensor. Cheap,
+    and exact for that purpose. With `adapter`, only the base weights and that adapter's count
+    (`BASE_ADAPTER`: the base alone), so training one adapter does not mark another changed."""
+    return tuple(
+        v
+        for name, p in model.named_parameters()
+        if adapter is None or ".lora_" not in name or f".{adapter}." in name
+        for v in (id(p), p._version)
+    )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -94,8 +95,8 @@ class VllmEngine(RolloutEngine):
 
     # -- the engine's life ------------------------------------------------------------------
     def start(self, model: nn.Module) -> Any:
-        """Build the vLLM engine for `model`'s architecture (40-110 s on the CPU here, most of
-        it compilation that vLLM caches under ~/.cache/vllm)."""
+        """Build the vLLM engine for `model`'s architecture (on the CPU here: about 8 s eager,
+        70 s compiled, docs/vllm.md)."""
         if self.llm is not None:
             return self.llm
         # vLLM's engine core in this process, so weights can be pushed by reference.
@@ -133,7 +134,7 @@ class VllmEngine(RolloutEngine):
     def push(self, model: nn.Module, adapter: str | None) -> bool:
         """Load `model`'s weights (with `adapter` merged) into the engine if they changed since
         the last push. Returns whether it pushed."""
-        key = (adapter, weights_version(model))
+        key = (adapter, weights_version(model, adapter))
         if key == self._served:
             return False
         weights = list(serving_weights(model, adapter))
@@ -150,10 +151,13 @@ class VllmEngine(RolloutEngine):
             return None
         from vllm.lora.request import LoRARequest
 
-        version = weights_version(model)
+        version = weights_version(model, adapter)
         known = self._adapters.get(adapter)
         if known is not None and known[0] == version:
             return known[1]
+        if known is not None:  # the engine and the disk drop the outdated version
+            self.llm.llm_engine.remove_lora(known[1].lora_int_id)
+            shutil.rmtree(Path(self._workdir.name) / f"{adapter}-{known[1].lora_int_id}")
         path = Path(self._workdir.name) / f"{adapter}-{self._next_lora_id}"
         model.save_pretrained(str(path), selected_adapters=[adapter])
         if adapter != "default":  # peft writes a non-default adapter to a subfolder
