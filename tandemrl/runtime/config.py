@@ -49,8 +49,9 @@ class VllmConfig:
     gpu_memory_share: float = 0.3  # GPU: the share of device memory the engine may take
     cpu_kv_cache_gb: float = 2.0  # CPU: the engine's KV cache
     max_model_len: int | None = None  # null: the model's own context length
-    # no torch.compile / CUDA graphs; null = on for CPUs (measured here: compiled decoding was
-    # no faster, 2.5 vs 2.6 s for 8x4x32, and started in 68 s against 8 s), off for GPUs
+    # no torch.compile / CUDA graphs; null = on for CPUs, off for GPUs. Here compiling started
+    # the engine in 81 s against 12 s and decoded 8x4x32 in 2.6 s against 3.2 s: it pays off
+    # after about 100 steps (docs/vllm.md)
     enforce_eager: bool | None = None
 
 
