@@ -13,21 +13,19 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from tandemrl.models.adapters import has_adapters
+
 BASE_ADAPTER = "__base__"  # the adapter-free base model (the KL reference)
-
-
-def _is_peft(model: nn.Module) -> bool:
-    return hasattr(model, "peft_config") and hasattr(model, "base_model")
 
 
 def inner_model(model: nn.Module) -> nn.Module:
     """The Hugging Face model under a peft wrapper (`model` itself otherwise)."""
-    return model.base_model.model if _is_peft(model) else model
+    return model.get_base_model() if has_adapters(model) else model
 
 
 def active_adapter(model: nn.Module) -> str | None:
     """The adapter a peft model runs now (None for a plain model)."""
-    if not _is_peft(model):
+    if not has_adapters(model):
         return None
     active = model.active_adapter
     return active[0] if isinstance(active, list) else active
@@ -42,7 +40,7 @@ def serving_weights(
     (default: the active one; `BASE_ADAPTER`: W alone), and the adapters' own tensors are left
     out. Tensors are detached; merged ones are new, the others are the module's own storage.
     """
-    if not _is_peft(model):
+    if not has_adapters(model):
         for name, tensor in model.state_dict().items():
             yield name, tensor.detach()
         return

@@ -221,14 +221,10 @@ def validate(cfg: TrainConfig, check_model: bool = True) -> None:
             raise ConfigError(message)
     cfg.compute()  # a device that is not there fails here, before anything loads
     if cfg.rollout.engine == "vllm":
-        from tandemrl.rollout.vllm_engine import vllm_available
+        from tandemrl.rollout.vllm_engine import INSTALL_HINT, vllm_available
 
         if not vllm_available():
-            raise ConfigError(
-                "rollout.engine=vllm: the vllm package is not installed; `make setup-vllm` "
-                "installs the CPU build, `pip install 'tandemrl[vllm]'` the GPU one "
-                "(docs/vllm.md); or use rollout.engine=hf"
-            )
+            raise ConfigError(INSTALL_HINT)
     from tandemrl.tasks.reward_sources import check_reward_config
 
     check_reward_config(cfg)
