@@ -52,6 +52,23 @@ def test_run_record_reads_the_served_policy_and_the_eval_points():
     assert rec["entropy_mean"] == pytest.approx(0.75)
     assert rec["heldout_curve"] == [[1, 0.3], [2, 0.5]]
     assert rec["heldout"] == {"accuracy": 0.5, "pass@4": 0.75, "sampled_accuracy": 0.4}
+    assert rec["heldout_before"] == {}
+
+
+def test_mechanism_metrics_average_over_the_steps_that_logged_them():
+    records = [{"dipo/explore_groups": 2, "dipo/exploit_groups": 0, "reward/mean": 0.1},
+               {"dipo/explore_groups": 0, "dipo/exploit_groups": 1, "dual/filtered_frac": 0.5},
+               {"dipo/explore_groups": 1, "dipo/invalid_reason": "empty queue"}]  # fmt: skip
+    means = ms.mechanism_means(records)
+    assert means == {"dipo/explore_groups": 1.0, "dipo/exploit_groups": 0.5,
+                     "dual/filtered_frac": 0.5}  # fmt: skip
+    runs = [{"method": "dipo", "seed": s, "mechanism": {"dipo/explore_groups": v}, "heldout": {},
+             "reward_curve": [0.1], "reward_std_mean": 0.1, "entropy_mean": 1.0,
+             "steps_to_target": None, "median_step_s": 1.0} for s, v in enumerate([1.0, 3.0])]  # fmt: skip
+    summary = ms.aggregate(runs)
+    assert summary["dipo"]["mechanism"]["dipo/explore_groups"]["mean"] == pytest.approx(2.0)
+    # two seeds: 12.706 * sqrt(2) / sqrt(2) = 12.706
+    assert "| dipo | dipo/explore_groups | 2.000 ± 12.706 |" in ms.mechanism_table(summary)
 
 
 def _run(method, seed, acc, rewards):
@@ -76,6 +93,28 @@ def test_aggregate_and_table_say_when_a_method_is_within_noise():
     assert "2.0 ± 0.0 (3/3 seeds)" in rows["grpo"]
 
 
+def test_paired_comparisons_by_hand():
+    def run(method, seed, acc, before=None):
+        return {"method": method, "seed": seed, "heldout": {"accuracy": acc},
+                "heldout_before": {"accuracy": before} if before is not None else {}}  # fmt: skip
+
+    runs = [run("grpo", s, a, 0.30) for s, a in enumerate([0.40, 0.38, 0.42])]
+    runs += [run("new", s, a) for s, a in enumerate([0.42, 0.42, 0.42])]  # +0.02, +0.04, 0
+    runs += [run("late", 7, 0.5)]  # no GRPO run on seed 7: nothing to pair with
+    paired = ms.paired_comparisons(runs, "grpo")
+    assert set(paired) == {"untrained", "new"}
+    grpo = paired["untrained"]["accuracy"]  # 0.10, 0.08, 0.12 over the untrained 0.30
+    assert grpo["mean"] == pytest.approx(0.10) and grpo["sd"] == pytest.approx(0.02)
+    assert grpo["half_width"] == pytest.approx(4.302653 * 0.02 / 3**0.5, abs=1e-6)
+    assert grpo["excludes_zero"]  # [0.0503, 0.1497]
+    new = paired["new"]["accuracy"]
+    assert new["mean"] == pytest.approx(0.02) and new["sd"] == pytest.approx(0.02)
+    assert new["seeds"] == [0, 1, 2] and not new["excludes_zero"]
+    table = ms.paired_table(paired, "grpo")
+    assert "| grpo - untrained | accuracy | 3 | +0.100 | [+0.050, +0.150] |" in table
+    assert "| new - grpo | accuracy | 3 | +0.020 | [-0.030, +0.070] |" in table
+
+
 def test_unknown_method_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):
         bm.parse_args(["--suite", "fc", "--methods", "sum,grpo"])
@@ -93,6 +132,8 @@ def test_quick_run_writes_results_and_reuses_finished_runs(tmp_path, monkeypatch
     assert grpo["steps"] == 2 and len(grpo["reward_curve"]) == 2
     dpo = next(r for r in result["runs"] if r["method"] == "dpo")
     assert dpo["heldout_curve"][0][0] == 0  # the baseline's before point, shared
+    assert result["paired"]["dpo"]["accuracy"]["n"] == 1  # one seed: a difference, no interval
+    assert set(result["paired"]) == {"untrained", "dpo"}
     for name in ("results.md", "reward.png", "heldout.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     # a second call finds both runs finished and does not train again

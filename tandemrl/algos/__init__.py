@@ -35,6 +35,7 @@ from tandemrl.algos.diversity import (
     distinct_n,
     group_distinct_n,
     ngram_novelty,
+    pass_at_k,
 )
 from tandemrl.algos.dual import (
     adaptive_lr_scale,
@@ -132,6 +133,7 @@ __all__ = [
     "masked_mean",
     "masked_whiten",
     "ngram_novelty",
+    "pass_at_k",
     "per_reward_advantages",
     "policy_split_token_advantages",
     "positive_share",

@@ -10,10 +10,12 @@ hashable answers; no tokenizer, no model. Groups are given by ``group_ids`` as e
   ngram_novelty(c, r)          = 1 - max_k J(ngrams(c_j), ngrams(r_k)) per candidate j, the
                                  nearest-neighbour Jaccard distance to the reference responses
                                  of the same group (the dual-policy explorer's bonus, docs/dupo.md)
+  pass_at_k(n, c, k)           = 1 - C(n - c, k) / C(n, k), unbiased pass@k from n samples
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Sequence
 
 import torch
@@ -121,3 +123,18 @@ __all__ = [
     "ngram_novelty",
     "ngrams",
 ]
+
+
+def pass_at_k(n: int, correct: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which `correct` are right (Chen et al. 2021,
+    "Evaluating Large Language Models Trained on Code"):
+
+        pass@k = 1 - C(n - c, k) / C(n, k)
+
+    the chance that k samples drawn without replacement from the n include a correct one."""
+    if not 0 <= correct <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_at_k: need 0 <= correct <= n and 1 <= k <= n, got {n=}, "
+                         f"{correct=}, {k=}")  # fmt: skip
+    if n - correct < k:
+        return 1.0
+    return 1.0 - math.comb(n - correct, k) / math.comb(n, k)

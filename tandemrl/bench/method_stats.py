@@ -5,6 +5,7 @@ A *run record* is what `run_record` extracts from one training run (one method, 
 
     {"method", "seed", "steps", "reward_curve": [per step], "heldout_curve": [[step, acc], ...],
      "heldout": {"accuracy", "pass@k", "sampled_accuracy", "diversity/..."},
+     "heldout_before": the same before training (baseline runs only, `{}` otherwise),
      "reward_std_mean", "entropy_mean", "steps_to_target", "median_step_s", "peak_rss_mb"}
 """
 
@@ -15,6 +16,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from tandemrl.bench.power import paired_difference
 from tandemrl.bench.report import finite_values
 
 # Two-sided 95% Student t quantiles t_{0.975, df} for df = 1..30 (beyond: the normal 1.960).
@@ -25,6 +27,12 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
 # Methods that log their served policy or mode under a prefix (DuPO: the exploiter; Policy
 # Split: the normal mode logs unprefixed too). The first key present wins.
 SERVED_PREFIXES = ("", "exploit/", "normal/")
+# Per-step metrics that show a method's mechanism at work (DiPO's reallocation directions, the
+# duality filter, GD²PO's conflicts, DuPO's sharing, Policy Split's modes); each run reports
+# their mean over the steps that logged them.
+MECHANISM_PREFIXES = ("dipo/", "dual/", "multi_reward/", "gd2po/", "dupo/", "policy_split/",
+                      "explore/shared_count", "explore/eligible_count", "exploit/eligible_count",
+                      "advantage/kept_frac")  # fmt: skip
 HELDOUT_KEYS = (
     "accuracy",
     "sampled_accuracy",
@@ -92,6 +100,27 @@ def finite_mean(values: Iterable[float]) -> float:
     return sum(xs) / len(xs) if xs else math.nan
 
 
+def heldout_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The compared held-out numbers of one evaluation (`loop.evaluate`'s result)."""
+    out = {k: float(result[k]) for k in HELDOUT_KEYS if k in result}
+    out.update({k: float(v) for k, v in result.items() if k.startswith("pass@")})
+    return out
+
+
+def mechanism_means(records: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Mean over steps of every numeric metric under `MECHANISM_PREFIXES`."""
+    keys = sorted(
+        {
+            k
+            for r in records
+            for k, v in r.items()
+            if k.startswith(MECHANISM_PREFIXES) and isinstance(v, (int, float))
+        }  # fmt: skip
+    )
+    means = {k: finite_mean(r.get(k, math.nan) for r in records) for k in keys}
+    return {k: v for k, v in means.items() if math.isfinite(v)}
+
+
 def run_record(
     method: str,
     seed: int,
@@ -113,9 +142,7 @@ def run_record(
             at = int(name[len("step_") :])
         if at is not None and "accuracy" in result:
             curve.append([at, float(result["accuracy"])])
-    after = summary.get("eval/after") or {}
-    heldout = {k: float(after[k]) for k in HELDOUT_KEYS if k in after}
-    heldout.update({k: float(v) for k, v in after.items() if k.startswith("pass@")})
+    heldout = heldout_metrics(summary.get("eval/after") or {})
     return {
         "method": method,
         "seed": seed,
@@ -123,7 +150,9 @@ def run_record(
         "reward_curve": rewards,
         "heldout_curve": sorted(curve),
         "heldout": heldout,
+        "heldout_before": heldout_metrics(summary.get("eval/before") or {}),
         "reward_std_mean": finite_mean(series(records, "reward/std")),
+        "mechanism": mechanism_means(records),
         "entropy_mean": finite_mean(series(records, "entropy/mean")),
         "steps_to_target": steps_to_target(rewards, target, window),
         "median_step_s": summary.get("median_step_s"),
@@ -151,6 +180,10 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "final_reward": mean_ci(finite_mean(r["reward_curve"][-5:]) for r in group),
             "steps_to_target": {**mean_ci(reached), "reached": len(reached), "of": len(group)},
             "median_step_s": mean_ci(r["median_step_s"] or math.nan for r in group),
+            "mechanism": {
+                k: mean_ci(r.get("mechanism", {}).get(k, math.nan) for r in group)
+                for k in sorted({k for r in group for k in r.get("mechanism", {})})
+            },
         }
     return out
 
@@ -202,3 +235,76 @@ def _versus(stat: dict[str, float], base: dict[str, float] | None, is_base: bool
         return f"{diff:+.3f} (no interval)"
     separated = abs(diff) > half[0] + half[1]
     return f"{diff:+.3f} ({'intervals apart' if separated else 'within noise'})"
+
+
+def paired_comparisons(
+    runs: Sequence[dict[str, Any]], baseline: str, keys: Sequence[str] | None = None
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per method and held-out metric, the paired difference from `baseline` over the seeds
+    both ran (`bench.power.paired_difference`: mean, 95% interval, detectable effect); and,
+    under "untrained", the baseline's difference from its own evaluation before training.
+    `keys` defaults to every held-out metric the baseline reports."""
+    by_method: dict[str, dict[int, dict[str, Any]]] = {}
+    for run in runs:
+        by_method.setdefault(run["method"], {})[run["seed"]] = run
+    base = by_method.get(baseline, {})
+    keys = list(keys or sorted({k for r in base.values() for k in r["heldout"]}))
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    before = {s: r.get("heldout_before") or {} for s, r in base.items()}
+    if base and all(before.values()):
+        out["untrained"] = {
+            k: paired_difference(
+                {s: r["heldout"].get(k, math.nan) for s, r in base.items()},
+                {s: before[s].get(k, math.nan) for s in base},
+            ).to_dict()
+            for k in keys
+        }
+    for method, seeds in by_method.items():
+        if method == baseline:
+            continue
+        shared = sorted(set(seeds) & set(base))
+        if not shared:
+            continue
+        out[method] = {
+            k: paired_difference(
+                {s: seeds[s]["heldout"].get(k, math.nan) for s in shared},
+                {s: base[s]["heldout"].get(k, math.nan) for s in shared},
+            ).to_dict()
+            for k in keys
+        }
+    return out
+
+
+def paired_table(paired: dict[str, dict[str, dict[str, Any]]], baseline: str) -> str:
+    """One row per comparison and metric: mean difference, 95% interval, detectable effect
+    (power 0.8) and whether the interval excludes zero."""
+    head = ["comparison", "held-out metric", "seeds", "mean difference", "95% interval",
+            "detectable effect", "interval excludes 0"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for method, metrics in paired.items():
+        label = f"{baseline} - untrained" if method == "untrained" else f"{method} - {baseline}"
+        for key, d in metrics.items():
+            if d["n"] == 0:
+                continue
+            interval = (
+                f"[{d['low']:+.3f}, {d['high']:+.3f}]" if math.isfinite(d["half_width"]) else "n/a"
+            )
+            mde = f"{d['detectable']:.3f}" if math.isfinite(d["detectable"]) else "n/a"
+            row = [label, key, str(d["n"]), f"{d['mean']:+.3f}", interval, mde,
+                   "yes" if d["excludes_zero"] else "no"]  # fmt: skip
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def mechanism_table(summary: dict[str, dict[str, Any]]) -> str:
+    """One row per method and mechanism metric: mean over steps, then mean ± 95% CI over
+    seeds; empty when no method logged one."""
+    rows = [
+        f"| {method} | {key} | {_cell(stat)} |"
+        for method, s in summary.items()
+        for key, stat in s.get("mechanism", {}).items()
+    ]
+    if not rows:
+        return ""
+    return "\n".join(["| method | metric (mean over steps) | over seeds |", "| --- | --- | --- |",
+                      *rows])  # fmt: skip

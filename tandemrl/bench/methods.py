@@ -27,7 +27,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tandemrl.bench.method_stats import aggregate, markdown_table, run_record
+from tandemrl.bench.method_stats import (
+    aggregate,
+    markdown_table,
+    mechanism_table,
+    paired_comparisons,
+    paired_table,
+    run_record,
+)
 from tandemrl.bench.speed import machine_info, versions
 from tandemrl.runtime.records import read_metrics
 
@@ -45,6 +52,36 @@ SUITES: dict[str, dict[str, Any]] = {
             "ppo": "configs/ppo_arith2.yaml",
             "dpo": "configs/dpo_online_arith2.yaml",
             "ipo": "configs/ipo_online_arith2.yaml",
+        },
+    },
+    # The powered comparison (docs/benchmarks.md#powered): the demo's settings (configs/demo.yaml)
+    # for every method, 256 held-out problems, seeds 0-4 paired; each method's difference from
+    # GRPO with its interval and detectable effect.
+    "powered": {
+        "baseline": "grpo",
+        "target": 0.4,
+        "seeds": "0,1,2,3,4",
+        "overrides": [
+            "steps=20",
+            "rollout.temperature=0.7",
+            "eval.pass_temperature=0.7",
+            "optim.lr=2.0e-4",
+            "task_options.eval_size=256",
+            "eval.size=256",
+            "eval.pass_k=4",
+        ],  # fmt: skip
+        # DuPO sets its two policies' lrs itself: the exploiter gets the suite's, the
+        # explorer twice that, as in configs/dupo_arith2.yaml.
+        "method_overrides": {"dupo": ["dupo.lr_exploit=2.0e-4", "dupo.lr_explore=4.0e-4"]},
+        "methods": {
+            "grpo": "configs/grpo_arith2.yaml",
+            "dipo": "configs/dipo_arith2.yaml",
+            "policy_split": "configs/policy_split_arith2.yaml",
+            "dupo": "configs/dupo_arith2.yaml",
+            "ppo": "configs/ppo_arith2.yaml",
+            "dpo": "configs/dpo_online_arith2.yaml",
+            "ipo": "configs/ipo_online_arith2.yaml",
+            "duality": "configs/duality_arith2.yaml",
         },
     },
     # The demo with each rollout engine (docs/vllm.md): same accuracy band expected.
@@ -74,7 +111,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="tandem bench methods", description=__doc__.split("\n")[0])
     p.add_argument("--suite", choices=sorted(SUITES), default="maths")
     p.add_argument("--methods", help="comma-separated subset of the suite's methods")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (>= 3 for intervals)")
+    p.add_argument("--seeds", help="comma-separated seeds (default: the suite's, else 0,1,2)")
     p.add_argument("--quick", action="store_true", help="tiny model, 4 steps: minutes")
     p.add_argument("--eval-every", type=int, default=0, help="held-out eval every N steps")
     p.add_argument("--target", type=float, help="training reward for 'steps to target'")
@@ -87,6 +124,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     unknown = [m for m in ns.method_names if m not in suite["methods"]]
     if unknown:
         p.error(f"--methods: {unknown} not in suite {ns.suite!r} ({', '.join(suite['methods'])})")
+    ns.seeds = ns.seeds or suite.get("seeds", "0,1,2")
     ns.seed_list = [int(s) for s in ns.seeds.split(",") if s.strip()]
     tag = f"methods-{ns.suite}{'-quick' if ns.quick else ''}"
     ns.runs_dir = Path(ns.runs_dir or f"runs/bench_methods/{tag}")
@@ -107,6 +145,8 @@ def train_command(ns: argparse.Namespace, method: str, seed: int, config: Path) 
     baseline = SUITES[ns.suite]["baseline"]
     args = [sys.executable, "-m", "tandemrl.cli", "train", str(config), f"seed={seed}"]
     args += [f"output_dir={ns.runs_dir / method / f'seed{seed}'}", *COMMON]
+    args += SUITES[ns.suite].get("overrides", [])
+    args += SUITES[ns.suite].get("method_overrides", {}).get(method, [])
     args += QUICK if ns.quick else []
     args += [f"eval.before={'true' if method == baseline else 'false'}"]
     if ns.eval_every:
@@ -220,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(run_record(method, seed, records, summary, ns.target))
     share_before(runs, suite["baseline"])
     summary = aggregate(runs)
+    paired = paired_comparisons(runs, suite["baseline"])
     ns.out.mkdir(parents=True, exist_ok=True)
     command = "tandem bench methods " + shlex.join(sys.argv[3:] if argv is None else argv)
     result = {
@@ -237,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         },  # fmt: skip
         "runs": runs,
         "summary": summary,
+        "paired": paired,
         "failed": failed,
         "pending": pending,
     }
@@ -249,6 +291,16 @@ def main(argv: list[str] | None = None) -> int:
              "Held-out metrics after training: mean ± 95% t-interval over seeds. Steps to target:"
              f" first step whose trailing 5-step mean training reward reaches {ns.target}.", "",
              table, ""]  # fmt: skip
+    if paired:
+        lines += ["## Paired differences", "",
+                  "Per seed, a method's held-out metric minus the baseline's on the same seed "
+                  "(same prompt order and held-out problems); mean, 95% t-interval over seeds "
+                  "and the smallest true difference detected with probability 0.8 at level 0.05 "
+                  "(`tandemrl.bench.power`).", "", paired_table(paired, suite["baseline"]),
+                  ""]  # fmt: skip
+    if mechanisms := mechanism_table(summary):
+        lines += ["## Mechanisms", "", "What each method's own machinery did (its per-step "
+                  "metrics, averaged over steps, then over seeds).", "", mechanisms, ""]  # fmt: skip
     lines += [f"![{f}]({f})" for f in figures]
     for name, why in {**pending, **failed}.items():
         lines.append(f"- not measured: {name}: {why.splitlines()[0]}")

@@ -9,6 +9,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from tandemrl.algos import pass_at_k
 from tandemrl.loop.diversity import sample_diversity
 from tandemrl.rollout import SamplingConfig, generate
 from tandemrl.runtime.config import TrainConfig
@@ -33,7 +34,9 @@ def evaluate(
 
     accuracy: mean `correct` of one greedy completion per example.
     pass@k: share of examples with at least one correct completion among k samples at
-    `pass_temperature` (n = k, so this is the plain estimator, not the unbiased n > k one).
+    `pass_temperature`; from the same k samples, pass@j for j = 2, 4, 8, ... < k with the
+    unbiased estimator 1 - C(k - c, j) / C(k, j) (`algos.diversity.pass_at_k`; c correct of k).
+    Each example's record keeps its greedy scores and `sampled_correct` (c).
     sampled_accuracy: mean `correct` over those k samples (an estimate of pass@1 when sampling).
     diversity/*: distinct answers, distinct-1/2 and self-BLEU of those k samples per example
     (tandemrl.loop.diversity).
@@ -74,16 +77,29 @@ def evaluate(
             progress,
             f"{desc} pass@{pass_k}",
         )
-        hits, correct_total = 0, 0.0
-        for i, ex in enumerate(examples):
+        pass_sums = dict.fromkeys(pass_curve_ks(pass_k), 0.0)
+        correct_total = 0.0
+        for i, (ex, record) in enumerate(zip(examples, records, strict=True)):
             correct = [task.score(ex, c)["correct"] for c in sampled[i * pass_k : (i + 1) * pass_k]]
-            hits += any(c >= 1.0 for c in correct)
+            right = sum(c >= 1.0 for c in correct)
+            record["sampled_correct"] = right
+            for k in pass_sums:
+                pass_sums[k] += pass_at_k(pass_k, right, k)
             correct_total += sum(correct)
-        result[f"pass@{pass_k}"] = hits / n
+        result.update({f"pass@{k}": v / n for k, v in pass_sums.items()})
         result["sampled_accuracy"] = correct_total / (n * pass_k)
         result.update(sample_diversity(sampled, pass_k, tokenizer))
     result["examples"] = records
     return result
+
+
+def pass_curve_ks(k: int) -> list[int]:
+    """The j of the pass@j curve reported from k samples: 2, 4, 8, ... below k, and k."""
+    ks, j = [], 2
+    while j < k:
+        ks.append(j)
+        j *= 2
+    return [*ks, k]
 
 
 def evaluate_with_config(
