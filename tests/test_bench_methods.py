@@ -123,11 +123,15 @@ def test_unknown_method_is_a_clear_error(capsys):
 
 def test_quick_run_writes_results_and_reuses_finished_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # configs resolve from the repository
+    writes = []
+    real_write = bm.write_results
+    monkeypatch.setattr(bm, "write_results", lambda *a: writes.append(a) or real_write(*a))
     args = ["--quick", "--methods", "grpo,dpo", "--seeds", "0", "--runs-dir", "r",
             "--out", "out", "steps=2", "eval.every=0"]  # fmt: skip
     assert bm.main(args) == 0
     result = json.loads((tmp_path / "out/results.json").read_text())
     assert set(result["summary"]) == {"grpo", "dpo"} and not result["failed"]
+    assert result["unfinished"] == []
     grpo = next(r for r in result["runs"] if r["method"] == "grpo")
     assert grpo["steps"] == 2 and len(grpo["reward_curve"]) == 2
     dpo = next(r for r in result["runs"] if r["method"] == "dpo")
@@ -136,6 +140,8 @@ def test_quick_run_writes_results_and_reuses_finished_runs(tmp_path, monkeypatch
     assert set(result["paired"]) == {"untrained", "dpo"}
     for name in ("results.md", "reward.png", "heldout.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
+    # after the first run, a partial result said what was still to run
+    assert writes[0][-1] == [("dpo", 0)] and len(writes) == 2
     # a second call finds both runs finished and does not train again
     calls = []
     monkeypatch.setattr(bm, "launch", lambda *a: calls.append(a))

@@ -19,6 +19,7 @@ every method starts from the same weights, so that point is shared by all curves
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import json
 import math
@@ -233,6 +234,71 @@ def plot(runs: list[dict[str, Any]], out: Path) -> list[str]:
     return written
 
 
+def write_results(
+    ns: argparse.Namespace,
+    argv: list[str] | None,
+    runs: list[dict[str, Any]],
+    failed: dict[str, str],
+    pending: dict[str, str],
+    unfinished: list[tuple[str, int]],
+) -> str:
+    """results.json, results.md and the plots of the runs so far (`unfinished`: the plan's
+    runs still to go, listed so that a partial result says it is one); the summary table."""
+    suite = SUITES[ns.suite]
+    runs = copy.deepcopy(runs)
+    share_before(runs, suite["baseline"])
+    summary = aggregate(runs)
+    paired = paired_comparisons(runs, suite["baseline"])
+    ns.out.mkdir(parents=True, exist_ok=True)
+    command = "tandem bench methods " + shlex.join(sys.argv[3:] if argv is None else argv)
+    result = {
+        "benchmark": "methods",
+        "command": command.strip(),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "versions": versions(),
+        "settings": {
+            "suite": ns.suite,
+            "quick": ns.quick,
+            "seeds": ns.seed_list,
+            "target_reward": ns.target,
+            "overrides": ns.overrides,
+        },  # fmt: skip
+        "runs": runs,
+        "summary": summary,
+        "paired": paired,
+        "failed": failed,
+        "pending": pending,
+        "unfinished": [f"{m}/seed{s}" for m, s in unfinished],
+    }
+    (ns.out / "results.json").write_text(json.dumps(result, indent=2))
+    figures = plot(runs, ns.out) if runs else []
+    table = markdown_table(summary, suite["baseline"])
+    lines = [f"# Methods on `{ns.suite}`{' (quick: tiny random model)' if ns.quick else ''}", "",
+             f"`{result['command']}` ({result['date']}, {result['machine']['nproc']} cores, "
+             f"{result['machine']['cpu']}, commit {result['versions'].get('git_commit')})", "",
+             "Held-out metrics after training: mean ± 95% t-interval over seeds. Steps to target:"
+             f" first step whose trailing 5-step mean training reward reaches {ns.target}.", "",
+             table, ""]  # fmt: skip
+    if paired:
+        lines += ["## Paired differences", "",
+                  "Per seed, a method's held-out metric minus the baseline's on the same seed "
+                  "(same prompt order and held-out problems); mean, 95% t-interval over seeds "
+                  "and the smallest true difference detected with probability 0.8 at level 0.05 "
+                  "(`tandemrl.bench.power`).", "", paired_table(paired, suite["baseline"]),
+                  ""]  # fmt: skip
+    if mechanisms := mechanism_table(summary):
+        lines += ["## Mechanisms", "", "What each method's own machinery did (its per-step "
+                  "metrics, averaged over steps, then over seeds).", "", mechanisms, ""]  # fmt: skip
+    lines += [f"![{f}]({f})" for f in figures]
+    for name, why in {**pending, **failed}.items():
+        lines.append(f"- not measured: {name}: {why.splitlines()[0]}")
+    if unfinished:
+        lines.append(f"- still to run: {', '.join(result['unfinished'])}")
+    (ns.out / "results.md").write_text("\n".join(lines) + "\n")
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     ns = parse_args(sys.argv[1:] if argv is None else argv)
     suite = SUITES[ns.suite]
@@ -263,53 +329,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[bench methods] {method} seed {seed} failed: {err}", file=sys.stderr)
             continue
         runs.append(run_record(method, seed, records, summary, ns.target))
-    share_before(runs, suite["baseline"])
-    summary = aggregate(runs)
-    paired = paired_comparisons(runs, suite["baseline"])
-    ns.out.mkdir(parents=True, exist_ok=True)
-    command = "tandem bench methods " + shlex.join(sys.argv[3:] if argv is None else argv)
-    result = {
-        "benchmark": "methods",
-        "command": command.strip(),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine_info(),
-        "versions": versions(),
-        "settings": {
-            "suite": ns.suite,
-            "quick": ns.quick,
-            "seeds": ns.seed_list,
-            "target_reward": ns.target,
-            "overrides": ns.overrides,
-        },  # fmt: skip
-        "runs": runs,
-        "summary": summary,
-        "paired": paired,
-        "failed": failed,
-        "pending": pending,
-    }
-    (ns.out / "results.json").write_text(json.dumps(result, indent=2))
-    figures = plot(runs, ns.out) if runs else []
-    table = markdown_table(summary, suite["baseline"])
-    lines = [f"# Methods on `{ns.suite}`{' (quick: tiny random model)' if ns.quick else ''}", "",
-             f"`{result['command']}` ({result['date']}, {result['machine']['nproc']} cores, "
-             f"{result['machine']['cpu']}, commit {result['versions'].get('git_commit')})", "",
-             "Held-out metrics after training: mean ± 95% t-interval over seeds. Steps to target:"
-             f" first step whose trailing 5-step mean training reward reaches {ns.target}.", "",
-             table, ""]  # fmt: skip
-    if paired:
-        lines += ["## Paired differences", "",
-                  "Per seed, a method's held-out metric minus the baseline's on the same seed "
-                  "(same prompt order and held-out problems); mean, 95% t-interval over seeds "
-                  "and the smallest true difference detected with probability 0.8 at level 0.05 "
-                  "(`tandemrl.bench.power`).", "", paired_table(paired, suite["baseline"]),
-                  ""]  # fmt: skip
-    if mechanisms := mechanism_table(summary):
-        lines += ["## Mechanisms", "", "What each method's own machinery did (its per-step "
-                  "metrics, averaged over steps, then over seeds).", "", mechanisms, ""]  # fmt: skip
-    lines += [f"![{f}]({f})" for f in figures]
-    for name, why in {**pending, **failed}.items():
-        lines.append(f"- not measured: {name}: {why.splitlines()[0]}")
-    (ns.out / "results.md").write_text("\n".join(lines) + "\n")
+        if i < len(plan):  # a partial result to read while the rest runs
+            write_results(ns, argv, runs, failed, pending, [(m, s) for m, s, _ in plan[i:]])
+    table = write_results(ns, argv, runs, failed, pending, [])
     print(table)
-    print(f"[bench methods] wrote {ns.out}/results.json, results.md, {', '.join(figures)}")
+    print(f"[bench methods] wrote {ns.out}/results.json, results.md and plots")
     return 1 if failed and not runs else 0
