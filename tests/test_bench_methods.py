@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -115,6 +116,16 @@ def test_paired_comparisons_by_hand():
     assert "| new - grpo | accuracy | 3 | +0.020 | [-0.030, +0.070] |" in table
 
 
+def test_the_powered_suite_keeps_its_runs_in_the_repository_unless_quick():
+    ns = bm.parse_args(["--suite", "powered"])
+    assert ns.runs_dir == Path("benchmarks/results/methods-powered/runs")
+    assert ns.seed_list == [0, 1, 2, 3, 4]
+    assert bm.parse_args(["--suite", "powered", "--quick"]).runs_dir.parts[0] == "runs"
+    cmd = bm.train_command(ns, "dupo", 3, Path("configs/dupo_arith2.yaml"))
+    assert "task_options.eval_size=256" in cmd and "dupo.lr_exploit=2.0e-4" in cmd
+    assert cmd.index("seed=3") < cmd.index("optim.lr=2.0e-4")  # the suite's keys apply to all
+
+
 def test_unknown_method_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):
         bm.parse_args(["--suite", "fc", "--methods", "sum,grpo"])
@@ -140,6 +151,8 @@ def test_quick_run_writes_results_and_reuses_finished_runs(tmp_path, monkeypatch
     assert set(result["paired"]) == {"untrained", "dpo"}
     for name in ("results.md", "reward.png", "heldout.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
+    stamp = json.loads((tmp_path / "r/grpo/seed0/bench_command.json").read_text())
+    assert stamp[:4] == ["-m", "tandemrl.cli", "train", "configs/grpo_arith2.yaml"]  # any clone
     # after the first run, a partial result said what was still to run
     assert writes[0][-1] == [("dpo", 0)] and len(writes) == 2
     # a second call finds both runs finished and does not train again

@@ -23,6 +23,7 @@ import copy
 import datetime as dt
 import json
 import math
+import os
 import shlex
 import subprocess
 import sys
@@ -68,6 +69,9 @@ SUITES: dict[str, dict[str, Any]] = {
         "baseline": "grpo",
         "target": 0.4,
         "seeds": "0,1,2,3,4",
+        # Committed (checkpoints left out, .gitignore there): a later session or another clone
+        # reuses every finished run and continues with the rest.
+        "runs_dir": "benchmarks/results/methods-powered/runs",
         "overrides": [
             "steps=20",
             "rollout.temperature=0.7",
@@ -135,7 +139,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ns.seeds = ns.seeds or suite.get("seeds", "0,1,2")
     ns.seed_list = [int(s) for s in ns.seeds.split(",") if s.strip()]
     tag = f"methods-{ns.suite}{'-quick' if ns.quick else ''}"
-    ns.runs_dir = Path(ns.runs_dir or f"runs/bench_methods/{tag}")
+    committed = None if ns.quick else suite.get("runs_dir")
+    ns.runs_dir = Path(ns.runs_dir or committed or f"runs/bench_methods/{tag}")
     ns.out = Path(ns.out or f"benchmarks/results/{tag}")
     ns.target = suite["target"] if ns.target is None else ns.target
     return ns
@@ -168,15 +173,24 @@ def launch(cmd: list[str], log: Path) -> int:
         return subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
 
 
+def portable_command(cmd: list[str]) -> list[str]:
+    """`cmd` without the interpreter and with paths inside the repository made relative to
+    it: what a run's stamp records, so that committed runs are reused from any clone."""
+    root = f"{REPO}{os.sep}"
+    return [a.replace(root, "") if a.startswith(root) else a for a in cmd[1:]]
+
+
 def run_one(cmd: list[str], run_dir: Path) -> tuple[list[dict], dict]:
     """Train (unless this exact command already finished there); return records, summary."""
     stamp = run_dir / "bench_command.json"
     summary_path = run_dir / "summary.json"
-    same = stamp.is_file() and json.loads(stamp.read_text()) == cmd[1:]
+    portable = portable_command(cmd)
+    # older stamps hold the absolute config path: still the same command on this machine
+    same = stamp.is_file() and json.loads(stamp.read_text()) in (portable, cmd[1:])
     if not (same and summary_path.is_file()):
         run_dir.mkdir(parents=True, exist_ok=True)
         summary_path.unlink(missing_ok=True)
-        stamp.write_text(json.dumps(cmd[1:]))
+        stamp.write_text(json.dumps(portable))
         # the same command interrupted: continue it; another command's files: replace them
         code = launch([*cmd, "resume=auto" if same else "overwrite=true"], run_dir / "bench.log")
         if code:
