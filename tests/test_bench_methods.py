@@ -13,14 +13,16 @@ from tandemrl.bench import methods as bm
 
 
 def test_mean_ci_matches_the_t_interval_by_hand():
-    # mean 2, s = sqrt(((1-2)^2 + 0 + (3-2)^2) / 2) = 1, half = 4.303 * 1 / sqrt(3)
+    # mean 2, s = sqrt(((1-2)^2 + 0 + (3-2)^2) / 2) = 1, half = t_.975,2 * 1 / sqrt(3)
     out = ms.mean_ci([1.0, 2.0, 3.0])
     assert out["n"] == 3 and out["mean"] == pytest.approx(2.0)
     assert out["std"] == pytest.approx(1.0)
-    assert out["ci95"] == pytest.approx(4.303 / math.sqrt(3))
-    # two values: df = 1, t = 12.706; NaN is dropped
+    assert out["ci95"] == pytest.approx(4.302653 / math.sqrt(3))
+    # two values: df = 1, t = 12.706205; NaN is dropped
     two = ms.mean_ci([0.25, 0.75, math.nan])
-    assert two["n"] == 2 and two["ci95"] == pytest.approx(12.706 * math.sqrt(0.125) / math.sqrt(2))
+    assert two["n"] == 2 and two["ci95"] == pytest.approx(
+        12.706205 * math.sqrt(0.125) / math.sqrt(2)
+    )
     assert math.isnan(ms.mean_ci([0.5])["ci95"]) and ms.mean_ci([])["n"] == 0
 
 
@@ -68,7 +70,7 @@ def test_mechanism_metrics_average_over_the_steps_that_logged_them():
              "steps_to_target": None, "median_step_s": 1.0} for s, v in enumerate([1.0, 3.0])]  # fmt: skip
     summary = ms.aggregate(runs)
     assert summary["dipo"]["mechanism"]["dipo/explore_groups"]["mean"] == pytest.approx(2.0)
-    # two seeds: 12.706 * sqrt(2) / sqrt(2) = 12.706
+    # two seeds: t_.975,1 * sqrt(2) / sqrt(2) = 12.706
     assert "| dipo | dipo/explore_groups | 2.000 ± 12.706 |" in ms.mechanism_table(summary)
 
 

@@ -16,13 +16,8 @@ import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from tandemrl.bench.power import paired_difference
+from tandemrl.bench.power import paired_difference, student_t_quantile
 from tandemrl.bench.report import finite_values
-
-# Two-sided 95% Student t quantiles t_{0.975, df} for df = 1..30 (beyond: the normal 1.960).
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
 
 # Methods that log their served policy or mode under a prefix (DuPO: the exploiter; Policy
 # Split: the normal mode logs unprefixed too). The first key present wins.
@@ -41,7 +36,7 @@ HELDOUT_KEYS = (
 )
 
 
-def mean_ci(values: Iterable[float], level_t: Sequence[float] = _T975) -> dict[str, float]:
+def mean_ci(values: Iterable[float]) -> dict[str, float]:
     """Mean, sample std and the 95% t interval half-width over seeds:
 
         half = t_{0.975, n-1} * s / sqrt(n),  s = sqrt(sum (x - mean)^2 / (n - 1))
@@ -55,7 +50,7 @@ def mean_ci(values: Iterable[float], level_t: Sequence[float] = _T975) -> dict[s
     if n == 1:
         return {"n": 1, "mean": mean, "std": math.nan, "ci95": math.nan}
     std = statistics.stdev(xs)
-    t = level_t[n - 2] if n - 2 < len(level_t) else 1.960
+    t = student_t_quantile(0.975, n - 1)
     return {"n": n, "mean": mean, "std": std, "ci95": t * std / math.sqrt(n)}
 
 
@@ -115,7 +110,7 @@ def mechanism_means(records: Sequence[dict[str, Any]]) -> dict[str, float]:
             for r in records
             for k, v in r.items()
             if k.startswith(MECHANISM_PREFIXES) and isinstance(v, (int, float))
-        }  # fmt: skip
+        }
     )
     means = {k: finite_mean(r.get(k, math.nan) for r in records) for k in keys}
     return {k: v for k, v in means.items() if math.isfinite(v)}
