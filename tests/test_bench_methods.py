@@ -153,6 +153,7 @@ def test_quick_run_writes_results_and_reuses_finished_runs(tmp_path, monkeypatch
     assert set(result["paired"]) == {"untrained", "dpo"}
     for name in ("results.md", "reward.png", "heldout.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
+    assert grpo["trained_on"]["machine"]["nproc"] >= 1  # bench_machine.json of the run
     stamp = json.loads((tmp_path / "r/grpo/seed0/bench_command.json").read_text())
     assert stamp[:4] == ["-m", "tandemrl.cli", "train", "configs/grpo_arith2.yaml"]  # any clone
     # after the first run, a partial result said what was still to run

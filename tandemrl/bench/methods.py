@@ -191,6 +191,10 @@ def run_one(cmd: list[str], run_dir: Path) -> tuple[list[dict], dict]:
         run_dir.mkdir(parents=True, exist_ok=True)
         summary_path.unlink(missing_ok=True)
         stamp.write_text(json.dumps(portable))
+        # which machine and code trained it: a committed run may be reused elsewhere
+        (run_dir / "bench_machine.json").write_text(
+            json.dumps({"machine": machine_info(), "versions": versions()}, indent=2)
+        )
         # the same command interrupted: continue it; another command's files: replace them
         code = launch([*cmd, "resume=auto" if same else "overwrite=true"], run_dir / "bench.log")
         if code:
@@ -345,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[bench methods] {method} seed {seed} failed: {err}", file=sys.stderr)
             continue
         runs.append(run_record(method, seed, records, summary, ns.target))
+        trained_on = ns.runs_dir / method / f"seed{seed}" / "bench_machine.json"
+        runs[-1]["trained_on"] = (
+            json.loads(trained_on.read_text()) if trained_on.is_file() else None
+        )
         if i < len(plan):  # a partial result to read while the rest runs
             write_results(ns, argv, runs, failed, pending, [(m, s) for m, s, _ in plan[i:]])
     table = write_results(ns, argv, runs, failed, pending, [])
