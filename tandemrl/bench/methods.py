@@ -342,14 +342,15 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         cmd = train_command(ns, method, seed, config)
+        run_dir = ns.runs_dir / method / f"seed{seed}"
         try:
-            records, summary = run_one(cmd, ns.runs_dir / method / f"seed{seed}")
+            records, summary = run_one(cmd, run_dir)
         except RuntimeError as err:  # one broken method must not cost the others' results
             failed[f"{method}/seed{seed}"] = str(err)
             print(f"[bench methods] {method} seed {seed} failed: {err}", file=sys.stderr)
             continue
         runs.append(run_record(method, seed, records, summary, ns.target))
-        trained_on = ns.runs_dir / method / f"seed{seed}" / "bench_machine.json"
+        trained_on = run_dir / "bench_machine.json"
         runs[-1]["trained_on"] = (
             json.loads(trained_on.read_text()) if trained_on.is_file() else None
         )
