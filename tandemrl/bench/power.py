@@ -66,7 +66,13 @@ def student_t_cdf(t: float, df: float) -> float:
     the tail P(|T| >= |t|) is I_{df/(df+t²)}(df/2, 1/2)."""
     if df <= 0:
         raise ValueError(f"student_t_cdf: df must be > 0, got {df}")
-    tail = 0.5 * incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
+    x, y = df / (df + t * t), t * t / (df + t * t)
+    # Near t = 0, x rounds to 1 and I_x loses every digit: use I_x(a, b) = 1 - I_y(b, a).
+    tail = (
+        0.5 * incomplete_beta(df / 2.0, 0.5, x)
+        if x < 0.5
+        else 0.5 - 0.5 * incomplete_beta(0.5, df / 2.0, y)
+    )
     return 1.0 - tail if t > 0 else tail
 
 
