@@ -64,9 +64,31 @@ def test_rerank_reports_three_picks_over_the_same_candidates(tmp_path, capsys):
     assert '"dual_accuracy"' in capsys.readouterr().out
 
 
+def test_rerank_scores_each_n_on_a_prefix_of_the_same_candidates(tmp_path):
+    out = tmp_path / "rr"
+    args = ["rerank", "model=tiny", "task=arith2", "eval.size=4", "n=3,2", "k=1"]
+    args += ["rollout.max_new_tokens=6", "duality.max_new_tokens=4", f"output_dir={out}"]
+    assert main(args) == 0
+    result = json.loads((out / "rerank.json").read_text())
+    assert result["N"] == 3 and sorted(result["by_n"]) == ["2", "3"]
+    two, three = result["by_n"]["2"], result["by_n"]["3"]
+    assert three["dual_accuracy"] == result["dual_accuracy"]
+    # The first 2 of 3 candidates: pass@2 cannot beat pass@3 on the same draws.
+    assert two["oracle_accuracy"] <= three["oracle_accuracy"]
+    assert two["greedy_accuracy"] == three["greedy_accuracy"]
+    for size in (two, three):
+        diff = size["dual_minus_majority"]
+        assert diff["n"] == 4
+        assert diff["mean"] == pytest.approx(size["dual_accuracy"] - size["majority_accuracy"])
+    for rec in result["examples"]:
+        assert len(rec["by_n"]["2"]["dual_scores"]) == 2
+        assert rec["by_n"]["2"]["candidate_mean"] == pytest.approx(sum(rec["correct"][:2]) / 2)
+
+
 def test_rerank_rejects_bad_numbers():
     assert main(["rerank", "model=tiny", "n=zero"]) == 2
     assert main(["rerank", "model=tiny", "k=0"]) == 2
+    assert main(["rerank", "model=tiny", "n=8,0"]) == 2
 
 
 @pytest.mark.slow

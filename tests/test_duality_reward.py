@@ -282,3 +282,24 @@ def test_an_answer_equal_to_the_hidden_number_is_not_scored():
     assert unfiltered([PROMPT] * 2, ["Answer: 26", "Answer: -28"]) == [0.0, 0.0]
     assert duality_rewards([[None, 1.0], [None, None]]) == [1.0, None]
     assert unique_recovery([None, 1.0]) and not unique_recovery([None, None])
+
+
+def test_rerank_picks_judge_the_filter_among_the_candidates_shown():
+    from types import SimpleNamespace
+
+    from tandemrl.cli.rerank import _picks
+
+    duals = SimpleNamespace(usable=True)
+    distinct = ["5", "7"]  # every drawn answer; both recover the one hidden number
+    acc = [[1.0], [1.0]]
+    both = _picks(["7", "5", "5"], [0.0, 1.0, 1.0], distinct, acc, duals, 0.5)
+    # Two answers recover it: the filter drops the question, the pick falls back to majority.
+    assert both["filter_fallback"] == 1.0 and both["dual_filtered"] == 1.0
+    assert both["dual_scores"] == [1.0, 1.0, 1.0]
+    assert both["dual"] == 1.0  # tie on score: more votes ("5")
+    # The first candidate alone: one answer recovers it, so the question is kept.
+    first = _picks(["7"], [0.0], distinct, acc, duals, 0.5)
+    assert first["filter_fallback"] == 0.0 and first["dual_filtered"] == 0.0
+    assert (first["oracle"], first["candidate_mean"], first["no_answer"]) == (0.0, 0.0, 0.0)
+    none = _picks([None, None], [0.0, 0.0], distinct, acc, duals, 0.5)
+    assert none["no_answer"] == 1.0 and none["majority"] == 0.0

@@ -4,7 +4,7 @@
     tandem eval  [CONFIG.yaml] [checkpoint=DIR] [policy=NAME] [mode=NAME] [key=value ...]
     tandem export checkpoint=DIR out=DIR [policy=NAME] [merged=true]
     tandem tasks [--all] [NAME ...]                list tasks with sizes, metrics, a prompt
-    tandem rerank [CONFIG.yaml] [checkpoint=DIR] [n=8] [k=8] [temperature=0.7] [key=value ...]
+    tandem rerank [CONFIG.yaml] [checkpoint=DIR] [n=8[,16]] [k=8] [temperature=0.7] [key=value ...]
                                                    DuPO dual reranking vs greedy, majority vote
     tandem bench speed [--what ...] [--help]       benchmarks (docs/benchmarks.md)
 
@@ -66,7 +66,7 @@ def cmd_train(args: list[str]) -> int:
 HELP_USAGE = {
     "train": "tandem train [CONFIG.yaml] [key=value ...]",
     "eval": "tandem eval [CONFIG.yaml] [checkpoint=DIR] [policy=NAME] [mode=NAME] [key=value ...]",
-    "rerank": "tandem rerank [CONFIG.yaml] [checkpoint=DIR] [n=8] [k=8] [temperature=0.7] [key=value ...]",
+    "rerank": "tandem rerank [CONFIG.yaml] [checkpoint=DIR] [n=8[,16]] [k=8] [temperature=0.7] [key=value ...]",
     "export": "tandem export checkpoint=DIR out=DIR [policy=NAME] [merged=true]",
 }
 
@@ -127,10 +127,13 @@ def cmd_rerank(args: list[str]) -> int:
 
     special, config, rest = _checkpoint_args(args, ("checkpoint", "n", "k", "temperature"))
     try:
-        n, k = int(special.get("n", 8)), int(special.get("k", 8))
+        n = [int(v) for v in str(special.get("n", 8)).split(",")]
+        k = int(special.get("k", 8))
         temperature = float(special.get("temperature", 0.7))
     except ValueError as err:
-        raise ConfigError(f"tandem rerank: n, k integers and temperature a number: {err}") from None
+        raise ConfigError(
+            f"tandem rerank: n integers (n=8 or n=8,16), k an integer, temperature a number: {err}"
+        ) from None
     cfg = load_config(config, rest)
     result = run_rerank(cfg, special.get("checkpoint"), n, k, temperature)
     print(json.dumps(result, indent=2))

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tandemrl.bench.power import paired_difference
 from tandemrl.errors import ConfigError
 from tandemrl.loop.checkpoint import load_policy_weights
 from tandemrl.loop.trainer import log
@@ -46,14 +48,20 @@ __all__ = ["run_rerank"]
 def run_rerank(
     cfg: TrainConfig,
     checkpoint: str | None = None,
-    n: int = 8,
+    n: int | Sequence[int] = 8,
     k: int = 8,
     temperature: float = 0.7,
 ) -> dict[str, Any]:
-    """Greedy, majority vote and dual reranking over the same N candidates, K dual samples
-    per question at ``temperature`` (candidates too); writes ``rerank.json``."""
-    if n < 1 or k < 1 or temperature <= 0:
+    """Greedy, majority vote and dual reranking over the same candidates, K dual samples per
+    question at ``temperature`` (candidates too); writes ``rerank.json``.
+
+    ``n`` may list several candidate counts (``(8, 16)``): max(n) candidates are drawn once
+    and each smaller N scores the first N of them, an i.i.d. draw of N, so every N is judged
+    on the same problems and the dual samples of an answer are shared between them."""
+    ns = sorted({n} if isinstance(n, int) else set(n))
+    if not ns or ns[0] < 1 or k < 1 or temperature <= 0:
         raise ConfigError("tandem rerank needs n >= 1, k >= 1 and temperature > 0")
+    top = ns[-1]
     d = cfg.duality
     task = get_task(cfg.task, **cfg.task_options)
     examples = list(task.eval_examples())[: cfg.eval.size]
@@ -67,12 +75,12 @@ def run_rerank(
     tokens = cfg.rollout.max_new_tokens
     t0 = time.perf_counter()
     greedy = sample(prompts, 1, temperature=0.0, max_new_tokens=tokens, seed=cfg.seed)
-    cands = sample(prompts, n, temperature=temperature, max_new_tokens=tokens, seed=cfg.seed + 1)
+    cands = sample(prompts, top, temperature=temperature, max_new_tokens=tokens, seed=cfg.seed + 1)
     t1 = time.perf_counter()
-    log(f"rerank: {len(examples)} problems, {n} candidates each in {t1 - t0:.0f} s")
+    log(f"rerank: {len(examples)} problems, {top} candidates each in {t1 - t0:.0f} s")
     plans, texts = [], []
     for i, ex in enumerate(examples):
-        answers = [extract_number(c) for c in cands[i * n : (i + 1) * n]]
+        answers = [extract_number(c) for c in cands[i * top : (i + 1) * top]]
         duals = build_dual_questions(
             problem_text(ex.messages, ex.columns.get("entry")),
             variable=d.variable,
@@ -94,27 +102,34 @@ def run_rerank(
     records, cursor = [], 0
     for i, (ex, (answers, duals, distinct)) in enumerate(zip(examples, plans, strict=True)):
         width = len(distinct) * len(duals.questions)
-        rec = _score_problem(
-            task,
-            ex,
-            cands[i * n : (i + 1) * n],
-            greedy[i],
-            answers,
-            duals,
+        acc = accuracy_matrix(
             distinct,
+            [q.hidden for q in duals.questions],
             recon[cursor * k : (cursor + width) * k],
             k,
-            d.threshold,
         )
         cursor += width
+        correct = [task.score(ex, c)["correct"] for c in cands[i * top : (i + 1) * top]]
+        rec: dict[str, Any] = {
+            "id": ex.id,
+            "answers": answers,
+            "correct": correct,
+            "skip_reason": duals.reason,
+            "greedy": task.score(ex, greedy[i])["correct"],
+            "no_dual": float(not duals.usable),
+            "by_n": {},
+        }
+        for size in ns:
+            rec["by_n"][str(size)] = _picks(
+                answers[:size], correct[:size], distinct, acc, duals, d.threshold
+            )
         records.append(rec)
-    result: dict[str, Any] = {
-        "n_problems": len(examples),
-        "N": n,
-        "K": k,
-        "temperature": temperature,
-    }
-    result.update(_summary(records))
+    result: dict[str, Any] = {"n_problems": len(examples), "N": top, "K": k}
+    result["temperature"] = temperature
+    by_n = {str(size): _summary(records, str(size)) for size in ns}
+    result.update(by_n[str(top)])
+    if len(ns) > 1:
+        result["by_n"] = by_n
     result["dual/samples"] = len(recon)
     result["dual/generate_s"] = t2 - t1
     result["candidates_generate_s"] = t1 - t0
@@ -122,62 +137,69 @@ def run_rerank(
     out_dir = Path(checkpoint) if checkpoint else Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "rerank.json").write_text(json.dumps({**result, "examples": records}, indent=2))
-    log(
-        f"rerank (N={n}, K={k}, {len(examples)} problems): greedy {result['greedy_accuracy']:.3f}, "
-        f"majority {result['majority_accuracy']:.3f}, dual {result['dual_accuracy']:.3f}, "
-        f"dual+filter {result['dual_filtered_accuracy']:.3f}, oracle {result['oracle_accuracy']:.3f}"
-    )
+    for size in ns:
+        s = by_n[str(size)]
+        diff = s["dual_minus_majority"]
+        log(
+            f"rerank (N={size}, K={k}, {len(examples)} problems): greedy {s['greedy_accuracy']:.3f}, "
+            f"majority {s['majority_accuracy']:.3f}, dual {s['dual_accuracy']:.3f}, "
+            f"dual+filter {s['dual_filtered_accuracy']:.3f}, oracle {s['oracle_accuracy']:.3f}; "
+            f"dual - majority {diff['mean']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}]"
+        )
     return result
 
 
 PICKS = ("greedy", "majority", "dual", "dual_filtered", "oracle")
 
 
-def _score_problem(
-    task, ex, cands, greedy, answers, duals, distinct, recon, k, threshold
-) -> dict[str, Any]:
-    """One problem's picks, their correctness and the candidates' dual scores."""
-    acc = accuracy_matrix(distinct, [q.hidden for q in duals.questions], recon, k)
-    usable = duals.usable and bool(acc)
-    plain = dict(zip(distinct, duality_rewards(acc), strict=True)) if usable else {}
-    kept = duality_rewards(acc, keep_questions(acc, threshold)) if usable else []
-    filtered = dict(zip(distinct, kept, strict=True)) if usable else {}
-    correct = [task.score(ex, c)["correct"] for c in cands]
+def _picks(answers, correct, distinct, acc, duals, threshold) -> dict[str, Any]:
+    """The picks among one problem's candidates (a prefix of the drawn ones): the dual
+    scores come from the rows of ``acc`` (all drawn distinct answers) of the answers present,
+    and the unknown-component filter is judged among those answers only."""
+    shown = set(answers)
+    present = [j for j, a in enumerate(distinct) if a in shown]
+    sub = [acc[j] for j in present] if acc else []
+    usable = duals.usable and bool(sub)
+    names = [distinct[j] for j in present]
+    plain = dict(zip(names, duality_rewards(sub), strict=True)) if usable else {}
+    kept = duality_rewards(sub, keep_questions(sub, threshold)) if usable else []
+    filtered = dict(zip(names, kept, strict=True)) if usable else {}
     scores = [plain.get(a) if a is not None else None for a in answers]
     picks = {
         "majority": majority_vote(answers),
         "dual": dual_rerank(answers, scores),
         "dual_filtered": dual_rerank(answers, [filtered.get(a) for a in answers]),
     }
-    rec: dict[str, Any] = {
-        "id": ex.id,
-        "answers": answers,
-        "correct": correct,
-        "dual_scores": scores,
-        "skip_reason": duals.reason,
-        "greedy": task.score(ex, greedy)["correct"],
-        "oracle": float(any(c >= 1.0 for c in correct)),
-        "candidate_mean": sum(correct) / len(correct),
-        "no_dual": float(not duals.usable),
-        "no_answer": float(not distinct),
-        "filter_fallback": float(usable and all(v is None for v in filtered.values())),
-    }
-    for name, pick in picks.items():
-        rec[name] = correct[pick] if pick is not None else 0.0
+    rec: dict[str, Any] = {name: correct[p] if p is not None else 0.0 for name, p in picks.items()}
+    rec.update(
+        dual_scores=scores,
+        oracle=float(any(c >= 1.0 for c in correct)),
+        candidate_mean=sum(correct) / len(correct),
+        no_answer=float(not names),
+        filter_fallback=float(usable and all(v is None for v in filtered.values())),
+    )
     return rec
 
 
-def _summary(records: list[dict[str, Any]]) -> dict[str, Any]:
-    m = max(1, len(records))
-    out: dict[str, Any] = {f"{p}_accuracy": sum(r[p] for r in records) / m for p in PICKS}
+def _summary(records: list[dict[str, Any]], size: str) -> dict[str, Any]:
+    """Accuracy of each pick at N = ``size``, and dual reranking's paired difference from
+    majority vote over the problems (``bench.power.paired_difference``: the problems play
+    the part of seeds; 95 % t interval and the smallest difference detectable at 80 % power)."""
+    rows = [{**r["by_n"][size], "greedy": r["greedy"], "no_dual": r["no_dual"]} for r in records]
+    m = max(1, len(rows))
+    out: dict[str, Any] = {f"{p}_accuracy": sum(r[p] for r in rows) / m for p in PICKS}
     for key in ("candidate_mean", "no_dual", "no_answer", "filter_fallback"):
-        out[key] = sum(r[key] for r in records) / m
+        out[key] = sum(r[key] for r in rows) / m
     for name, want in (("right", True), ("wrong", False)):
         vals = [
             s
-            for r in records
-            for s, c in zip(r["dual_scores"], r["correct"], strict=True)
+            for r, full in zip(rows, records, strict=True)
+            for s, c in zip(r["dual_scores"], full["correct"], strict=False)  # the first N
             if s is not None and (c >= 1.0) == want
         ]
         out[f"backward_acc_{name}"] = sum(vals) / len(vals) if vals else None
+    majority = {i: float(r["majority"]) for i, r in enumerate(rows)}
+    for pick in ("dual", "dual_filtered"):
+        treated = {i: float(r[pick]) for i, r in enumerate(rows)}
+        out[f"{pick}_minus_majority"] = paired_difference(treated, majority).to_dict()
     return out
