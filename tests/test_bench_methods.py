@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,50 @@ def test_paired_comparisons_by_hand():
     assert "| new - grpo | accuracy | 3 | +0.020 | [-0.030, +0.070] |" in table
 
 
+def test_reward_volatility_by_hand():
+    # successive differences 1, -1, 1: v^2 = 3 / (2 * 3)
+    assert ms.reward_volatility([0.0, 1.0, 0.0, 1.0]) == pytest.approx(0.5**0.5)
+    assert ms.reward_volatility([0.2, 0.2, 0.2]) == 0.0
+    assert ms.reward_volatility([0.0, 0.1, 0.2, 0.3]) == pytest.approx(0.1 / 2**0.5)  # slope only
+    assert ms.reward_volatility([math.nan, 0.5, 0.5, 0.5]) == 0.0  # the NaN pair is left out
+    assert math.isnan(ms.reward_volatility([0.5, 0.7]))
+
+
+def test_paired_training_gives_the_relative_change_in_reward_spread():
+    def run(method, seed, spread, curve):
+        return {"method": method, "seed": seed, "reward_std_mean": spread, "reward_curve": curve,
+                "reward_volatility": ms.reward_volatility(curve)}  # fmt: skip
+
+    runs = [run("grpo", 0, 0.40, [0.0, 0.2]), run("grpo", 1, 0.20, [0.0, 0.4])]
+    runs += [run("dupo", 0, 0.30, [0.0, 0.2]), run("dupo", 1, 0.10, [0.2, 0.4])]
+    paired = ms.paired_training(runs, "grpo")
+    spread = paired["dupo"]["reward_std_mean"]
+    assert spread["mean"] == pytest.approx(-0.10) and spread["sd"] == pytest.approx(0.0)
+    assert spread["relative"] == pytest.approx(-0.10 / 0.30)  # the baseline's mean is 0.30
+    final = paired["dupo"]["final_reward"]  # means of the curves: 0.1 vs 0.1, 0.3 vs 0.2
+    assert final["mean"] == pytest.approx(0.05) and final["n"] == 2
+    assert paired["dupo"]["reward_volatility"]["n"] == 0  # one difference per curve: NaN
+    assert "grpo" not in paired
+
+
+def test_post_evaluations_pair_with_the_baselines_reference_evaluation():
+    def run(method, seed, evals):
+        return {"method": method, "seed": seed, "post_eval": evals}
+
+    runs = [
+        run("grpo", s, {"pass16": {"pass@16": p, "accuracy": 0.4}}) for s, p in [(0, 0.6), (1, 0.7)]
+    ]
+    runs.append(run("dupo", 0, {"pass16": {"pass@16": 0.6}, "pass16-explore": {"pass@16": 0.8}}))
+    runs.append(run("dupo", 1, {"pass16": {"pass@16": 0.8}, "pass16-explore": {"pass@16": 0.8}}))
+    runs.append(run("ps", 5, {"pass16": {"pass@16": 0.9}}))  # seed 5: no GRPO run to pair with
+    paired = ms.paired_post_evals(runs, "grpo", "pass16")
+    assert set(paired) == {"dupo:pass16", "dupo:pass16-explore"}
+    assert set(paired["dupo:pass16"]) == {"pass@16"}  # metrics both report
+    assert paired["dupo:pass16"]["pass@16"]["mean"] == pytest.approx(0.05)
+    explore = paired["dupo:pass16-explore"]["pass@16"]  # +0.2, +0.1
+    assert explore["mean"] == pytest.approx(0.15) and explore["sd"] == pytest.approx(0.1 / 2**0.5)
+
+
 def test_the_powered_suite_keeps_its_runs_in_the_repository_unless_quick():
     ns = bm.parse_args(["--suite", "powered"])
     assert ns.runs_dir == Path("benchmarks/results/methods-powered/runs")
@@ -167,3 +212,35 @@ def test_quick_run_writes_results_and_reuses_finished_runs(tmp_path, monkeypatch
     assert bm.main([*args[:-1], "eval.every=1"]) == 1
     failed = json.loads((tmp_path / "out/results.json").read_text())["failed"]
     assert set(failed) == {"grpo/seed0", "dpo/seed0"} and "exit 3" in failed["grpo/seed0"]
+
+
+def test_post_evaluations_run_on_the_last_checkpoint_and_say_when_it_is_gone(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["--suite", "powered", "--quick", "--methods", "grpo,dupo", "--seeds", "0",
+            "--runs-dir", "r", "--out", "out", "steps=1"]  # fmt: skip
+    assert bm.main(args) == 0
+    result = json.loads((tmp_path / "out/results.json").read_text())
+    dupo = next(r for r in result["runs"] if r["method"] == "dupo")
+    assert set(dupo["post_eval"]) == {"pass16", "pass16-explore"}
+    assert 0.0 <= dupo["post_eval"]["pass16-explore"]["pass@16"] <= 1.0
+    stored = json.loads((tmp_path / "r/dupo/seed0/post_eval-pass16-explore.json").read_text())
+    assert "policy=explore" in stored["command"] and stored["result"]["policy"] == "explore"
+    assert stored["result"]["n"] == 4  # --quick evaluates 4 problems
+    assert set(result["paired_post_eval"]) == {"dupo:pass16", "dupo:pass16-explore"}
+    assert "dupo - grpo" in (tmp_path / "out/results.md").read_text()  # training table
+    # evaluations are reused; with the checkpoints gone a missing one is pending, and
+    # --retrain-for-post-evals trains the run again (the stubbed launch fails: it says so)
+    for path in (tmp_path / "r").glob("*/seed0/post_eval-pass16.json"):
+        path.unlink()
+    for ckpt in (tmp_path / "r").glob("*/seed0/checkpoints"):
+        shutil.rmtree(ckpt)
+    monkeypatch.setattr(bm, "launch", lambda *a: 3)
+    assert bm.main(args) == 0
+    result = json.loads((tmp_path / "out/results.json").read_text())
+    assert "is gone" in result["pending"]["dupo/seed0:pass16"]
+    assert set(next(r for r in result["runs"] if r["method"] == "dupo")["post_eval"]) == {
+        "pass16-explore"
+    }
+    assert bm.main([*args, "--retrain-for-post-evals"]) == 1  # both retrains failed
+    failed = json.loads((tmp_path / "out/results.json").read_text())["failed"]
+    assert "exit 3" in failed["dupo/seed0"]

@@ -6,7 +6,9 @@ A *run record* is what `run_record` extracts from one training run (one method, 
     {"method", "seed", "steps", "reward_curve": [per step], "heldout_curve": [[step, acc], ...],
      "heldout": {"accuracy", "pass@k", "sampled_accuracy", "diversity/..."},
      "heldout_before": the same before training (baseline runs only, `{}` otherwise),
-     "reward_std_mean", "entropy_mean", "steps_to_target", "median_step_s", "peak_rss_mb"}
+     "reward_std_mean", "reward_volatility", "entropy_mean", "steps_to_target",
+     "median_step_s", "peak_rss_mb",
+     "post_eval": {name: held-out metrics of an evaluation run after training (e.g. pass@16)}}
 """
 
 from __future__ import annotations
@@ -90,6 +92,22 @@ def steps_to_target(rewards: Sequence[float], target: float, window: int = 5) ->
     return None
 
 
+def reward_volatility(rewards: Sequence[float]) -> float:
+    """Step-to-step noise of a training reward curve r_1..r_T, little moved by a slow trend:
+
+        v = sqrt( sum_t (r_{t+1} - r_t)^2 / (2 m) )
+
+    over the m finite successive differences (von Neumann's successive-difference estimate of
+    the std; for i.i.d. noise of std s, E[v^2] = s^2; a linear trend of slope b adds b^2 / 2
+    to v^2, against its whole variance over T steps to the plain std). One reading of DuPO's "training
+    stability" claim (seed 000); `reward_std_mean` is the other. NaN with under 2 differences."""
+    diffs = [b - a for a, b in zip(rewards, rewards[1:], strict=False)]
+    diffs = [d for d in diffs if math.isfinite(d)]
+    if len(diffs) < 2:
+        return math.nan
+    return math.sqrt(sum(d * d for d in diffs) / (2 * len(diffs)))
+
+
 def finite_mean(values: Iterable[float]) -> float:
     xs = finite_values(values)
     return sum(xs) / len(xs) if xs else math.nan
@@ -147,6 +165,7 @@ def run_record(
         "heldout": heldout,
         "heldout_before": heldout_metrics(summary.get("eval/before") or {}),
         "reward_std_mean": finite_mean(series(records, "reward/std")),
+        "reward_volatility": reward_volatility(rewards),
         "mechanism": mechanism_means(records),
         "entropy_mean": finite_mean(series(records, "entropy/mean")),
         "steps_to_target": steps_to_target(rewards, target, window),
@@ -171,6 +190,7 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "seeds": sorted(r["seed"] for r in group),
             "heldout": {k: mean_ci(r["heldout"].get(k, math.nan) for r in group) for k in keys},
             "reward_std_mean": mean_ci(r["reward_std_mean"] for r in group),
+            "reward_volatility": mean_ci(r.get("reward_volatility", math.nan) for r in group),
             "entropy_mean": mean_ci(r["entropy_mean"] for r in group),
             "final_reward": mean_ci(finite_mean(r["reward_curve"][-5:]) for r in group),
             "steps_to_target": {**mean_ci(reached), "reached": len(reached), "of": len(group)},
@@ -239,35 +259,103 @@ def paired_comparisons(
     both ran (`bench.power.paired_difference`: mean, 95% interval, detectable effect); and,
     under "untrained", the baseline's difference from its own evaluation before training.
     `keys` defaults to every held-out metric the baseline reports."""
-    by_method: dict[str, dict[int, dict[str, Any]]] = {}
-    for run in runs:
-        by_method.setdefault(run["method"], {})[run["seed"]] = run
+    by_method = _by_method(runs)
     base = by_method.get(baseline, {})
     keys = list(keys or sorted({k for r in base.values() for k in r["heldout"]}))
     out: dict[str, dict[str, dict[str, Any]]] = {}
     before = {s: r.get("heldout_before") or {} for s, r in base.items()}
     if base and all(before.values()):
-        out["untrained"] = {
-            k: paired_difference(
-                {s: r["heldout"].get(k, math.nan) for s, r in base.items()},
-                {s: before[s].get(k, math.nan) for s in base},
-            ).to_dict()
-            for k in keys
-        }
+        after = {s: r["heldout"] for s, r in base.items()}
+        out["untrained"] = _paired_by_seed(after, before, keys)
     for method, seeds in by_method.items():
         if method == baseline:
             continue
-        shared = sorted(set(seeds) & set(base))
-        if not shared:
-            continue
-        out[method] = {
-            k: paired_difference(
-                {s: seeds[s]["heldout"].get(k, math.nan) for s in shared},
-                {s: base[s]["heldout"].get(k, math.nan) for s in shared},
-            ).to_dict()
-            for k in keys
-        }
+        treated = {s: r["heldout"] for s, r in seeds.items() if s in base}
+        if treated:
+            out[method] = _paired_by_seed(treated, {s: base[s]["heldout"] for s in base}, keys)
     return out
+
+
+TRAINING_KEYS = ("reward_std_mean", "reward_volatility", "final_reward")
+
+
+def paired_training(
+    runs: Sequence[dict[str, Any]], baseline: str, keys: Sequence[str] = TRAINING_KEYS
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per method, the paired difference from `baseline` of training statistics (the served
+    policy's within-batch reward std, the reward curve's volatility, the mean reward of the
+    last 5 steps), with `relative` = mean difference / the baseline's mean over the same
+    seeds: the form of DuPO's "-34 % reward std" claim."""
+
+    def stats(run: dict[str, Any]) -> dict[str, float]:
+        row = {k: run.get(k, math.nan) for k in keys}
+        if "final_reward" in keys:
+            row["final_reward"] = finite_mean(run["reward_curve"][-5:])
+        return {k: math.nan if v is None else float(v) for k, v in row.items()}
+
+    by_method = _by_method(runs)
+    base = {s: stats(r) for s, r in by_method.get(baseline, {}).items()}
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for method, seeds in by_method.items():
+        treated = {s: stats(r) for s, r in seeds.items() if s in base}
+        if method == baseline or not treated:
+            continue
+        diffs = _paired_by_seed(treated, {s: base[s] for s in treated}, keys)
+        for key, d in diffs.items():
+            level = finite_mean(base[s][key] for s in treated)
+            d["relative"] = d["mean"] / level if level else math.nan
+        out[method] = diffs
+    return out
+
+
+def paired_post_evals(
+    runs: Sequence[dict[str, Any]], baseline: str, reference: str
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every method's post-training evaluations (`run["post_eval"][name]`, e.g. DuPO's
+    explorer at pass@16) against the baseline's `reference` evaluation, paired by seed;
+    keyed "method:name". Metrics: those both report."""
+    by_method = _by_method(runs)
+    base = {
+        s: r["post_eval"][reference]
+        for s, r in by_method.get(baseline, {}).items()
+        if reference in r.get("post_eval", {})
+    }
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for method, seeds in by_method.items():
+        names = sorted({n for r in seeds.values() for n in r.get("post_eval", {})})
+        for name in names:
+            if method == baseline and name == reference:
+                continue
+            treated = {
+                s: r["post_eval"][name]
+                for s, r in seeds.items()
+                if s in base and name in r.get("post_eval", {})
+            }
+            if not treated:
+                continue
+            keys = sorted(set.intersection(*(set(m) for m in (*treated.values(), *base.values()))))
+            out[f"{method}:{name}"] = _paired_by_seed(treated, {s: base[s] for s in treated}, keys)
+    return out
+
+
+def _by_method(runs: Sequence[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
+    by_method: dict[str, dict[int, dict[str, Any]]] = {}
+    for run in runs:
+        by_method.setdefault(run["method"], {})[run["seed"]] = run
+    return by_method
+
+
+def _paired_by_seed(
+    treated: dict[int, dict[str, float]], control: dict[int, dict[str, float]], keys
+) -> dict[str, dict[str, Any]]:
+    """`paired_difference` per key over the seeds of `treated` (all present in `control`)."""
+    return {
+        k: paired_difference(
+            {s: treated[s].get(k, math.nan) for s in treated},
+            {s: control[s].get(k, math.nan) for s in treated},
+        ).to_dict()
+        for k in keys
+    }
 
 
 def paired_table(paired: dict[str, dict[str, dict[str, Any]]], baseline: str) -> str:
@@ -287,6 +375,24 @@ def paired_table(paired: dict[str, dict[str, dict[str, Any]]], baseline: str) ->
             mde = f"{d['detectable']:.3f}" if math.isfinite(d["detectable"]) else "n/a"
             row = [label, key, str(d["n"]), f"{d['mean']:+.3f}", interval, mde,
                    "yes" if d["excludes_zero"] else "no"]  # fmt: skip
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def training_table(paired: dict[str, dict[str, dict[str, Any]]], baseline: str) -> str:
+    """`paired_training` as rows: method, statistic, seeds, difference, interval, relative."""
+    head = ["comparison", "training statistic", "seeds", "mean difference", "95% interval",
+            "relative to baseline", "interval excludes 0"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for method, stats in paired.items():
+        for key, d in stats.items():
+            if d["n"] == 0:
+                continue
+            finite = math.isfinite(d["half_width"])
+            interval = f"[{d['low']:+.3f}, {d['high']:+.3f}]" if finite else "n/a"
+            rel = f"{d['relative']:+.0%}" if math.isfinite(d["relative"]) else "n/a"
+            row = [f"{method} - {baseline}", key, str(d["n"]), f"{d['mean']:+.3f}", interval,
+                   rel, "yes" if d["excludes_zero"] else "no"]  # fmt: skip
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

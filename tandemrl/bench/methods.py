@@ -12,7 +12,10 @@ held-out diversity; JSON, a Markdown table and PNG plots.
 Each (method, seed) is one `tandem train` process on the suite's config for that method, with
 `seed=S` and the same overrides for all. Runs live in `--runs-dir/<method>/seed<S>`; a run
 whose `summary.json` exists from the same command line is reused, so an interrupted benchmark
-picks up where it stopped. Only the baseline's runs evaluate the untrained model (`before`):
+picks up where it stopped. A suite's `post_evals` evaluate a run's last checkpoint again
+(`tandem eval`, e.g. pass@16 of DuPO's explorer) into `post_eval-<name>.json`; checkpoints
+are not committed, so `--retrain-for-post-evals` trains a finished run again when one is
+missing. Only the baseline's runs evaluate the untrained model (`before`):
 every method starts from the same weights, so that point is shared by all curves.
 """
 
@@ -33,16 +36,21 @@ from typing import Any
 
 from tandemrl.bench.method_stats import (
     aggregate,
+    heldout_metrics,
     markdown_table,
     mechanism_table,
     paired_comparisons,
+    paired_post_evals,
     paired_table,
+    paired_training,
     run_record,
+    training_table,
 )
 from tandemrl.bench.speed import machine_info, versions
 from tandemrl.runtime.records import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
+PASS16 = ["eval.size=64", "eval.pass_k=16"]
 SUITES: dict[str, dict[str, Any]] = {
     "maths": {
         "baseline": "grpo",
@@ -85,6 +93,18 @@ SUITES: dict[str, dict[str, Any]] = {
         # DuPO sets its two policies' lrs itself: the exploiter gets the suite's, the
         # explorer twice that, as in configs/dupo_arith2.yaml.
         "method_overrides": {"dupo": ["dupo.lr_exploit=2.0e-4", "dupo.lr_explore=4.0e-4"]},
+        # Diversity where it is claimed (Policy Split's high-entropy mode, DuPO's explorer):
+        # each last checkpoint evaluated again with 16 samples on the first 64 held-out
+        # problems (pass@2..16, distinct answers), paired with GRPO's same evaluation.
+        "reference_eval": "pass16",
+        "post_evals": {
+            "grpo": {"pass16": PASS16},
+            "policy_split": {
+                "pass16": PASS16,
+                "pass16-high_entropy": [*PASS16, "mode=high_entropy"],
+            },
+            "dupo": {"pass16": PASS16, "pass16-explore": [*PASS16, "policy=explore"]},
+        },
         "methods": {
             "grpo": "configs/grpo_arith2.yaml",
             "dipo": "configs/dipo_arith2.yaml",
@@ -102,6 +122,26 @@ SUITES: dict[str, dict[str, Any]] = {
         "target": 0.25,
         "methods": {"hf": "configs/demo_hf.yaml", "vllm": "configs/demo_vllm.yaml"},
     },
+    # GD²PO against GDPO and the plain sum, powered: 256 held-out BFCL questions (of 400:
+    # 144 train, 10 steps x 8 prompts use 80), seeds 0-4 paired; results.md's mechanisms
+    # table has the conflict rate and the share kept (`multi_reward/`, `gd2po/`).
+    "fc-powered": {
+        "baseline": "sum",
+        "target": 0.3,
+        "seeds": "0,1,2,3,4",
+        "runs_dir": "benchmarks/results/methods-fc-powered/runs",
+        "overrides": [
+            "steps=10",
+            "task_options.eval_size=256",
+            "eval.size=256",
+            "checkpoint.every=5",
+        ],  # fmt: skip
+        "methods": {
+            "sum": "configs/fc_sum.yaml",
+            "gdpo": "configs/fc_gdpo.yaml",
+            "gd2po": "configs/fc_gd2po.yaml",
+        },
+    },
     "fc": {
         "baseline": "sum",
         "target": 0.3,
@@ -117,6 +157,7 @@ QUICK = ["model=tiny", "lora.enabled=true", "steps=4", "rollout.prompts_per_step
          "rollout.max_new_tokens=8", "eval.size=8", "eval.pass_k=2", "eval.every=2",
          "optim.micro_batch_size=16"]  # fmt: skip
 COMMON = ["log.progress=false", "log.tensorboard=false", "eval.show_examples=0"]
+QUICK_EVAL = ["eval.size=4"]  # --quick post-evaluations: the tiny model, a few problems
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -128,6 +169,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=0, help="held-out eval every N steps")
     p.add_argument("--target", type=float, help="training reward for 'steps to target'")
     p.add_argument("--runs-dir", help="where the runs go (default runs/bench_methods/...)")
+    p.add_argument("--retrain-for-post-evals", action="store_true",
+                   help="train a finished run again when its checkpoint is gone and one of the "
+                        "suite's post-training evaluations is missing")  # fmt: skip
     p.add_argument("--out", help="results folder (default benchmarks/results/methods-...)")
     p.add_argument("overrides", nargs="*", help="key=value applied to every run")
     ns = p.parse_args(argv)
@@ -180,13 +224,15 @@ def portable_command(cmd: list[str]) -> list[str]:
     return [a.replace(root, "") if a.startswith(root) else a for a in cmd[1:]]
 
 
-def run_one(cmd: list[str], run_dir: Path) -> tuple[list[dict], dict]:
-    """Train (unless this exact command already finished there); return records, summary."""
+def run_one(cmd: list[str], run_dir: Path, again: bool = False) -> tuple[list[dict], dict]:
+    """Train (unless this exact command already finished there, or `again`); return records,
+    summary."""
     stamp = run_dir / "bench_command.json"
     summary_path = run_dir / "summary.json"
     portable = portable_command(cmd)
     # older stamps hold the absolute config path: still the same command on this machine
     same = stamp.is_file() and json.loads(stamp.read_text()) in (portable, cmd[1:])
+    same = same and not again
     if not (same and summary_path.is_file()):
         run_dir.mkdir(parents=True, exist_ok=True)
         summary_path.unlink(missing_ok=True)
@@ -201,6 +247,41 @@ def run_one(cmd: list[str], run_dir: Path) -> tuple[list[dict], dict]:
             tail = "\n".join((run_dir / "bench.log").read_text().splitlines()[-12:])
             raise RuntimeError(f"exit {code}; last lines of {run_dir}/bench.log:\n{tail}")
     return read_metrics(run_dir / "metrics.jsonl"), json.loads(summary_path.read_text())
+
+
+def post_evaluate(
+    ns: argparse.Namespace, method: str, run_dir: Path, summary: dict[str, Any]
+) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """The suite's evaluations after training for `method` (`post_evals`: name -> extra
+    `tandem eval` arguments, e.g. pass@16 of DuPO's explorer) on the run's last checkpoint;
+    each result is kept as `post_eval-<name>.json` with its command and reused when the
+    command is the same. Returns the held-out metrics per name, and why any is missing."""
+    done: dict[str, dict[str, float]] = {}
+    missing: dict[str, str] = {}
+    checkpoint = summary.get("checkpoint")
+    for name, extra in SUITES[ns.suite].get("post_evals", {}).get(method, {}).items():
+        path = run_dir / f"post_eval-{name}.json"
+        cmd = [sys.executable, "-m", "tandemrl.cli", "eval", f"checkpoint={checkpoint}", *extra]
+        cmd += [*COMMON, *(QUICK_EVAL if ns.quick else [])]
+        stored = json.loads(path.read_text()) if path.is_file() else {}
+        if stored.get("command") != portable_command(cmd):
+            ckpt = Path(checkpoint) if checkpoint else None
+            if ckpt is None or not ckpt.is_dir():
+                missing[name] = (
+                    f"checkpoint {checkpoint} is gone (not committed): "
+                    "--retrain-for-post-evals trains the run again to evaluate it"
+                )
+                continue
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path.cwd())
+            if proc.returncode:
+                tail = "\n".join(proc.stderr.splitlines()[-8:])
+                missing[name] = f"tandem eval exit {proc.returncode}: {tail}"
+                continue
+            result = json.loads(proc.stdout[proc.stdout.index("{") :])
+            stored = {"command": portable_command(cmd), "result": result}
+            path.write_text(json.dumps(stored, indent=2))
+        done[name] = heldout_metrics(stored["result"])
+    return done, missing
 
 
 def share_before(runs: list[dict[str, Any]], baseline: str) -> None:
@@ -269,6 +350,9 @@ def write_results(
     share_before(runs, suite["baseline"])
     summary = aggregate(runs)
     paired = paired_comparisons(runs, suite["baseline"])
+    training = paired_training(runs, suite["baseline"])
+    reference = suite.get("reference_eval")
+    post = paired_post_evals(runs, suite["baseline"], reference) if reference else {}
     ns.out.mkdir(parents=True, exist_ok=True)
     command = "tandem bench methods " + shlex.join(sys.argv[3:] if argv is None else argv)
     result = {
@@ -287,6 +371,8 @@ def write_results(
         "runs": runs,
         "summary": summary,
         "paired": paired,
+        "paired_training": training,
+        "paired_post_eval": post,
         "failed": failed,
         "pending": pending,
         "unfinished": [f"{m}/seed{s}" for m, s in unfinished],
@@ -307,6 +393,19 @@ def write_results(
                   "and the smallest true difference detected with probability 0.8 at level 0.05 "
                   "(`tandemrl.bench.power`).", "", paired_table(paired, suite["baseline"]),
                   ""]  # fmt: skip
+    if training:
+        lines += ["## Training statistics, paired", "",
+                  "The served policy's within-batch reward std (mean over steps), the reward "
+                  "curve's step-to-step volatility (`method_stats.reward_volatility`) and the "
+                  "mean reward of the last 5 steps: difference from the baseline on the same "
+                  "seed, and relative to the baseline's mean.", "",
+                  training_table(training, suite["baseline"]), ""]  # fmt: skip
+    if post:
+        lines += [f"## Evaluations after training, paired with {suite['baseline']}:{reference}",
+                  "", "Each run's last checkpoint evaluated again (`post_evals` of the suite: "
+                  "more samples per problem, other policies or modes); a method's evaluation "
+                  "minus the baseline's on the same seed.", "",
+                  paired_table(post, f"{suite['baseline']}:{reference}"), ""]  # fmt: skip
     if mechanisms := mechanism_table(summary):
         lines += ["## Mechanisms", "", "What each method's own machinery did (its per-step "
                   "metrics, averaged over steps, then over seeds).", "", mechanisms, ""]  # fmt: skip
@@ -317,6 +416,27 @@ def write_results(
         lines.append(f"- still to run: {', '.join(result['unfinished'])}")
     (ns.out / "results.md").write_text("\n".join(lines) + "\n")
     return table
+
+
+def bench_one(
+    ns: argparse.Namespace, method: str, seed: int, config: Path
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """One (method, seed): trained (or reused), post-evaluated; its run record and the
+    post-evaluations it lacks. RuntimeError when training fails."""
+    cmd = train_command(ns, method, seed, config)
+    run_dir = ns.runs_dir / method / f"seed{seed}"
+    records, summary = run_one(cmd, run_dir)
+    evals, missing = post_evaluate(ns, method, run_dir, summary)
+    if missing and ns.retrain_for_post_evals and all("is gone" in w for w in missing.values()):
+        print(f"[bench methods] {method} seed {seed}: training again for its post-evaluations",
+              file=sys.stderr, flush=True)  # fmt: skip
+        records, summary = run_one(cmd, run_dir, again=True)
+        evals, missing = post_evaluate(ns, method, run_dir, summary)
+    run = run_record(method, seed, records, summary, ns.target)
+    run["post_eval"] = evals
+    trained_on = run_dir / "bench_machine.json"
+    run["trained_on"] = json.loads(trained_on.read_text()) if trained_on.is_file() else None
+    return run, missing
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -341,19 +461,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
-        cmd = train_command(ns, method, seed, config)
-        run_dir = ns.runs_dir / method / f"seed{seed}"
         try:
-            records, summary = run_one(cmd, run_dir)
+            run, missing = bench_one(ns, method, seed, config)
         except RuntimeError as err:  # one broken method must not cost the others' results
             failed[f"{method}/seed{seed}"] = str(err)
             print(f"[bench methods] {method} seed {seed} failed: {err}", file=sys.stderr)
             continue
-        runs.append(run_record(method, seed, records, summary, ns.target))
-        trained_on = run_dir / "bench_machine.json"
-        runs[-1]["trained_on"] = (
-            json.loads(trained_on.read_text()) if trained_on.is_file() else None
-        )
+        runs.append(run)
+        pending.update({f"{method}/seed{seed}:{name}": why for name, why in missing.items()})
         if i < len(plan):  # a partial result to read while the rest runs
             write_results(ns, argv, runs, failed, pending, [(m, s) for m, s, _ in plan[i:]])
     table = write_results(ns, argv, runs, failed, pending, [])
