@@ -209,6 +209,11 @@ def test_quick_run_writes_results_and_reuses_finished_runs(tmp_path, monkeypatch
     assert bm.main(args) == 0 and calls == []
     # a changed command line retrains (here: the stubbed process fails, and it says so)
     monkeypatch.setattr(bm, "launch", lambda *a: 3)
+    # --report-only trains nothing: the finished runs are reported, a new seed is still to go
+    seeds = args.index("--seeds") + 1
+    assert bm.main([*args[:seeds], "0,5", *args[seeds + 1 :], "--report-only"]) == 0
+    reported = json.loads((tmp_path / "out/results.json").read_text())
+    assert len(reported["runs"]) == 2 and reported["unfinished"] == ["grpo/seed5", "dpo/seed5"]
     assert bm.main([*args[:-1], "eval.every=1"]) == 1
     failed = json.loads((tmp_path / "out/results.json").read_text())["failed"]
     assert set(failed) == {"grpo/seed0", "dpo/seed0"} and "exit 3" in failed["grpo/seed0"]

@@ -169,6 +169,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=0, help="held-out eval every N steps")
     p.add_argument("--target", type=float, help="training reward for 'steps to target'")
     p.add_argument("--runs-dir", help="where the runs go (default runs/bench_methods/...)")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write results from the runs already finished; train nothing",
+    )
     p.add_argument("--retrain-for-post-evals", action="store_true",
                    help="train a finished run again when its checkpoint is gone and one of the "
                         "suite's post-training evaluations is missing")  # fmt: skip
@@ -224,15 +229,20 @@ def portable_command(cmd: list[str]) -> list[str]:
     return [a.replace(root, "") if a.startswith(root) else a for a in cmd[1:]]
 
 
+def same_command(cmd: list[str], run_dir: Path) -> bool:
+    """Whether `run_dir` was started by this exact command."""
+    stamp = run_dir / "bench_command.json"
+    # older stamps hold the absolute config path: still the same command on this machine
+    return stamp.is_file() and json.loads(stamp.read_text()) in (portable_command(cmd), cmd[1:])
+
+
 def run_one(cmd: list[str], run_dir: Path, again: bool = False) -> tuple[list[dict], dict]:
     """Train (unless this exact command already finished there, or `again`); return records,
     summary."""
     stamp = run_dir / "bench_command.json"
     summary_path = run_dir / "summary.json"
     portable = portable_command(cmd)
-    # older stamps hold the absolute config path: still the same command on this machine
-    same = stamp.is_file() and json.loads(stamp.read_text()) in (portable, cmd[1:])
-    same = same and not again
+    same = same_command(cmd, run_dir) and not again
     if not (same and summary_path.is_file()):
         run_dir.mkdir(parents=True, exist_ok=True)
         summary_path.unlink(missing_ok=True)
@@ -250,12 +260,17 @@ def run_one(cmd: list[str], run_dir: Path, again: bool = False) -> tuple[list[di
 
 
 def post_evaluate(
-    ns: argparse.Namespace, method: str, run_dir: Path, summary: dict[str, Any]
+    ns: argparse.Namespace,
+    method: str,
+    run_dir: Path,
+    summary: dict[str, Any],
+    evaluate: bool = True,
 ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
     """The suite's evaluations after training for `method` (`post_evals`: name -> extra
     `tandem eval` arguments, e.g. pass@16 of DuPO's explorer) on the run's last checkpoint;
     each result is kept as `post_eval-<name>.json` with its command and reused when the
-    command is the same. Returns the held-out metrics per name, and why any is missing."""
+    command is the same (`evaluate` False: only those). Returns the held-out metrics per
+    name, and why any is missing."""
     done: dict[str, dict[str, float]] = {}
     missing: dict[str, str] = {}
     checkpoint = summary.get("checkpoint")
@@ -265,6 +280,9 @@ def post_evaluate(
         cmd += [*COMMON, *(QUICK_EVAL if ns.quick else [])]
         stored = json.loads(path.read_text()) if path.is_file() else {}
         if stored.get("command") != portable_command(cmd):
+            if not evaluate:
+                missing[name] = "not evaluated yet"
+                continue
             ckpt = Path(checkpoint) if checkpoint else None
             if ckpt is None or not ckpt.is_dir():
                 missing[name] = (
@@ -418,6 +436,23 @@ def write_results(
     return table
 
 
+def finished_run(
+    ns: argparse.Namespace, method: str, seed: int, config: Path
+) -> dict[str, Any] | None:
+    """The record of (method, seed) when its run has finished with this command, with the
+    post-evaluations already stored; None otherwise. Trains and evaluates nothing."""
+    cmd = train_command(ns, method, seed, config)
+    run_dir = ns.runs_dir / method / f"seed{seed}"
+    if not (same_command(cmd, run_dir) and (run_dir / "summary.json").is_file()):
+        return None
+    summary = json.loads((run_dir / "summary.json").read_text())
+    run = run_record(method, seed, read_metrics(run_dir / "metrics.jsonl"), summary, ns.target)
+    run["post_eval"] = post_evaluate(ns, method, run_dir, summary, evaluate=False)[0]
+    trained_on = run_dir / "bench_machine.json"
+    run["trained_on"] = json.loads(trained_on.read_text()) if trained_on.is_file() else None
+    return run
+
+
 def bench_one(
     ns: argparse.Namespace, method: str, seed: int, config: Path
 ) -> tuple[dict[str, Any], dict[str, str]]:
@@ -450,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         plan += [(method, seed, config) for seed in ns.seed_list]
     runs, failed = [], {}
+    if ns.report_only:
+        return report_only(ns, argv, plan, pending)
     started = time.perf_counter()
     for i, (method, seed, config) in enumerate(plan, 1):
         elapsed = time.perf_counter() - started
@@ -470,8 +507,24 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(run)
         pending.update({f"{method}/seed{seed}:{name}": why for name, why in missing.items()})
         if i < len(plan):  # a partial result to read while the rest runs
-            write_results(ns, argv, runs, failed, pending, [(m, s) for m, s, _ in plan[i:]])
+            # later runs that finished before (a committed earlier session) count already
+            ahead = [(m, s, finished_run(ns, m, s, c)) for m, s, c in plan[i:]]
+            done = [r for _, _, r in ahead if r is not None]
+            to_go = [(m, s) for m, s, r in ahead if r is None]
+            write_results(ns, argv, runs + done, failed, pending, to_go)
     table = write_results(ns, argv, runs, failed, pending, [])
     print(table)
     print(f"[bench methods] wrote {ns.out}/results.json, results.md and plots")
     return 1 if failed and not runs else 0
+
+
+def report_only(
+    ns: argparse.Namespace, argv: list[str] | None, plan: list, pending: dict[str, str]
+) -> int:
+    """`--report-only`: results from the runs that have finished; nothing trained."""
+    found = [(m, s, finished_run(ns, m, s, c)) for m, s, c in plan]
+    runs = [r for _, _, r in found if r is not None]
+    table = write_results(ns, argv, runs, {}, pending, [(m, s) for m, s, r in found if r is None])
+    print(table)
+    print(f"[bench methods] {len(runs)} of {len(plan)} runs finished; wrote {ns.out}")
+    return 0
