@@ -200,6 +200,8 @@ def test_one_step_run_writes_the_documented_metrics(tmp_path):
             "explore_groups",
             "exploit_groups",
             "zero_var_groups",
+            "all_wrong_groups",
+            "all_right_groups",
             "used_groups",
             "used_groups_total",
             "ppl_mean",
@@ -209,3 +211,21 @@ def test_one_step_run_writes_the_documented_metrics(tmp_path):
         assert ("dipo/invalid_reason" in rec) == (rec["dipo/valid"] == 0.0)
         assert rec["dipo/ppl_mean"] > 1.0
     assert records[-1]["dipo/used_groups_total"] == sum(r["dipo/used_groups"] for r in records)
+    for rec in records:  # a direction acts only on its candidates; both are uniform groups
+        assert rec["dipo/explore_groups"] <= rec["dipo/all_wrong_groups"]
+        assert rec["dipo/exploit_groups"] <= rec["dipo/all_right_groups"]
+        uniform = rec["dipo/all_wrong_groups"] + rec["dipo/all_right_groups"]
+        assert rec["dipo/zero_var_groups"] <= uniform  # an all-equal group is on one side
+
+
+def test_uniform_groups_count_each_directions_candidates():
+    from tandemrl.methods.dipo import _uniform_groups
+
+    nan = float("nan")
+    rewards = torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0, 1.0, nan, 0.2, nan, nan])
+    groups = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
+    # group 3: one abstention, the answered one below 0.5: all wrong; group 4: nothing answered
+    assert _uniform_groups(rewards, groups, 0.5) == {
+        "dipo/all_wrong_groups": 2.0,
+        "dipo/all_right_groups": 1.0,
+    }

@@ -24,7 +24,9 @@ answer wrong). One step:
 
 With alpha = 0 the update is exactly GRPO's. Metrics: `dipo/threshold`, `dipo/valid`,
 `dipo/invalid_reason` (text, only when invalid), `dipo/threshold_error`, `dipo/explore_groups`,
-`dipo/exploit_groups`, `dipo/zero_var_groups` (all-equal groups this step), `dipo/used_groups`
+`dipo/exploit_groups`, `dipo/zero_var_groups` (all-equal groups this step),
+`dipo/all_wrong_groups` / `dipo/all_right_groups` (groups each direction could act on, before
+the perplexity test: the work it has), `dipo/used_groups`
 (zero-variance groups the R_r term used: signal GRPO would have wasted) and
 `dipo/used_groups_total` (since step 1), `dipo/ppl_mean`, `dipo/realloc_loss`. The queue and the
 running total are in `state_dict()`, so a resumed run continues with the same threshold.
@@ -146,6 +148,7 @@ class DiPO(GRPO):
             {
                 "dipo/threshold_error": thr.error,
                 "dipo/zero_var_groups": float(_zero_var_groups(batch.rewards, batch.group_ids)),
+                **_uniform_groups(batch.rewards, batch.group_ids, cfg.success),
                 "dipo/used_groups": float(used),
                 "dipo/used_groups_total": float(self.used_total),
                 "dipo/ppl_mean": ppl[~torch.isnan(ppl)].mean().item(),
@@ -203,6 +206,29 @@ class DiPO(GRPO):
         if "dipo_queue" in state:
             self.queue.load_state_dict(state["dipo_queue"])
             self.used_total = int(state.get("dipo_used_total", 0))
+
+
+def _uniform_groups(
+    rewards: torch.Tensor, group_ids: torch.Tensor, success: float
+) -> dict[str, float]:
+    """The groups each direction could act on, before the perplexity test: all answered
+    rewards below ``success`` (explore's candidates) and all at or above it (exploit's)."""
+    inverse, num_groups = group_index(group_ids)
+    r = rewards.float()
+    answered = ~torch.isnan(r)
+    wrong = torch.ones(num_groups, dtype=torch.bool)
+    right = torch.ones(num_groups, dtype=torch.bool)
+    seen = torch.zeros(num_groups, dtype=torch.bool)
+    for g in range(num_groups):
+        members = r[(inverse == g) & answered]
+        if members.numel():
+            seen[g] = True
+            wrong[g] = bool((members < success).all())
+            right[g] = bool((members >= success).all())
+    return {
+        "dipo/all_wrong_groups": float((seen & wrong).sum()),
+        "dipo/all_right_groups": float((seen & right).sum()),
+    }
 
 
 def _zero_var_groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> int:
