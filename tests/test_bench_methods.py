@@ -249,3 +249,11 @@ def test_post_evaluations_run_on_the_last_checkpoint_and_say_when_it_is_gone(tmp
     assert bm.main([*args, "--retrain-for-post-evals"]) == 1  # both retrains failed
     failed = json.loads((tmp_path / "out/results.json").read_text())["failed"]
     assert "exit 3" in failed["dupo/seed0"]
+
+
+def test_results_warn_when_step_times_come_from_several_hosts():
+    def run(platform):
+        return {"trained_on": {"machine": {"platform": platform}}}
+
+    assert bm._hosts_note([run("vm-a"), run("vm-a"), {"trained_on": None}]) == ""
+    assert "2 hosts" in bm._hosts_note([run("vm-a"), run("vm-b")])

@@ -402,7 +402,8 @@ def write_results(
              f"`{result['command']}` ({result['date']}, {result['machine']['nproc']} cores, "
              f"{result['machine']['cpu']}, commit {result['versions'].get('git_commit')})", "",
              "Held-out metrics after training: mean ± 95% t-interval over seeds. Steps to target:"
-             f" first step whose trailing 5-step mean training reward reaches {ns.target}.", "",
+             f" first step whose trailing 5-step mean training reward reaches {ns.target}."
+             f"{_hosts_note(runs)}", "",
              table, ""]  # fmt: skip
     if paired:
         lines += ["## Paired differences", "",
@@ -472,6 +473,19 @@ def bench_one(
     trained_on = run_dir / "bench_machine.json"
     run["trained_on"] = json.loads(trained_on.read_text()) if trained_on.is_file() else None
     return run, missing
+
+
+def _hosts_note(runs: list[dict[str, Any]]) -> str:
+    """A warning when the runs were trained on more than one host: step times then compare
+    machines as much as methods (results do not depend on the host's speed)."""
+    hosts = {(r.get("trained_on") or {}).get("machine", {}).get("platform") for r in runs}
+    hosts.discard(None)
+    if len(hosts) < 2:
+        return ""
+    return (
+        f" Step times: the runs were trained on {len(hosts)} hosts (`trained_on` in"
+        " results.json), whose speeds differ; compare step times only within one host."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
