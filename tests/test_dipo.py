@@ -229,3 +229,15 @@ def test_uniform_groups_count_each_directions_candidates():
         "dipo/all_wrong_groups": 2.0,
         "dipo/all_right_groups": 1.0,
     }
+
+
+def test_uniform_groups_leave_out_groups_with_variance():
+    from tandemrl.methods.dipo import _uniform_groups
+
+    # both below 0.5 but unequal: GRPO has signal there, DiPO does not reallocate it
+    rewards = torch.tensor([0.1, 0.2, 0.7, 0.7])
+    groups = torch.tensor([0, 0, 1, 1])
+    assert _uniform_groups(rewards, groups, 0.5) == {
+        "dipo/all_wrong_groups": 0.0,
+        "dipo/all_right_groups": 1.0,
+    }

@@ -25,8 +25,8 @@ answer wrong). One step:
 With alpha = 0 the update is exactly GRPO's. Metrics: `dipo/threshold`, `dipo/valid`,
 `dipo/invalid_reason` (text, only when invalid), `dipo/threshold_error`, `dipo/explore_groups`,
 `dipo/exploit_groups`, `dipo/zero_var_groups` (all-equal groups this step),
-`dipo/all_wrong_groups` / `dipo/all_right_groups` (groups each direction could act on, before
-the perplexity test: the work it has), `dipo/used_groups`
+`dipo/all_wrong_groups` / `dipo/all_right_groups` (the zero-variance groups each direction
+could act on, before the perplexity test: the work it has), `dipo/used_groups`
 (zero-variance groups the R_r term used: signal GRPO would have wasted) and
 `dipo/used_groups_total` (since step 1), `dipo/ppl_mean`, `dipo/realloc_loss`. The queue and the
 running total are in `state_dict()`, so a resumed run continues with the same threshold.
@@ -211,23 +211,19 @@ class DiPO(GRPO):
 def _uniform_groups(
     rewards: torch.Tensor, group_ids: torch.Tensor, success: float
 ) -> dict[str, float]:
-    """The groups each direction could act on, before the perplexity test: all answered
-    rewards below ``success`` (explore's candidates) and all at or above it (exploit's)."""
+    """The zero-variance groups split as ``dipo_reallocate`` splits them, before its
+    perplexity test: all wrong (common reward < ``success``: explore's candidates) and all
+    right (exploit's). Groups with no answered reward are in neither."""
     inverse, num_groups = group_index(group_ids)
     r = rewards.float()
-    answered = ~torch.isnan(r)
-    wrong = torch.ones(num_groups, dtype=torch.bool)
-    right = torch.ones(num_groups, dtype=torch.bool)
-    seen = torch.zeros(num_groups, dtype=torch.bool)
-    for g in range(num_groups):
-        members = r[(inverse == g) & answered]
-        if members.numel():
-            seen[g] = True
-            wrong[g] = bool((members < success).all())
-            right[g] = bool((members >= success).all())
+    st = group_stats(r, group_ids)
+    rows = st.constant & st.valid
+    side = torch.zeros(num_groups, dtype=torch.bool)
+    seen = side.clone().index_put_((inverse[rows],), torch.ones_like(r[rows], dtype=torch.bool))
+    wrong = side.clone().index_put_((inverse[rows],), r[rows] < success)
     return {
         "dipo/all_wrong_groups": float((seen & wrong).sum()),
-        "dipo/all_right_groups": float((seen & right).sum()),
+        "dipo/all_right_groups": float((seen & ~wrong).sum()),
     }
 
 
