@@ -447,11 +447,10 @@ def finished_run(
     if not (same_command(cmd, run_dir) and (run_dir / "summary.json").is_file()):
         return None
     summary = json.loads((run_dir / "summary.json").read_text())
-    run = run_record(method, seed, read_metrics(run_dir / "metrics.jsonl"), summary, ns.target)
-    run["post_eval"] = post_evaluate(ns, method, run_dir, summary, evaluate=False)[0]
-    trained_on = run_dir / "bench_machine.json"
-    run["trained_on"] = json.loads(trained_on.read_text()) if trained_on.is_file() else None
-    return run
+    evals = post_evaluate(ns, method, run_dir, summary, evaluate=False)[0]
+    return _record(
+        ns, method, seed, run_dir, read_metrics(run_dir / "metrics.jsonl"), summary, evals
+    )
 
 
 def bench_one(
@@ -463,16 +462,22 @@ def bench_one(
     run_dir = ns.runs_dir / method / f"seed{seed}"
     records, summary = run_one(cmd, run_dir)
     evals, missing = post_evaluate(ns, method, run_dir, summary)
-    if missing and ns.retrain_for_post_evals and all("is gone" in w for w in missing.values()):
+    checkpoint = summary.get("checkpoint")
+    if missing and ns.retrain_for_post_evals and not (checkpoint and Path(checkpoint).is_dir()):
         print(f"[bench methods] {method} seed {seed}: training again for its post-evaluations",
               file=sys.stderr, flush=True)  # fmt: skip
         records, summary = run_one(cmd, run_dir, again=True)
         evals, missing = post_evaluate(ns, method, run_dir, summary)
+    return _record(ns, method, seed, run_dir, records, summary, evals), missing
+
+
+def _record(ns, method, seed, run_dir, records, summary, evals) -> dict[str, Any]:
+    """`run_record` with the run's post-evaluations and the machine that trained it."""
     run = run_record(method, seed, records, summary, ns.target)
     run["post_eval"] = evals
     trained_on = run_dir / "bench_machine.json"
     run["trained_on"] = json.loads(trained_on.read_text()) if trained_on.is_file() else None
-    return run, missing
+    return run
 
 
 def _hosts_note(runs: list[dict[str, Any]]) -> str:
