@@ -204,6 +204,8 @@ def test_quick_run_writes_results_and_reuses_finished_runs(tmp_path, monkeypatch
     # after the first run, a partial result said what was still to run
     assert writes[0][-1] == [("dpo", 0)] and len(writes) == 2
     # a second call finds both runs finished and does not train again
+    ns, config = bm.parse_args(args), Path("configs/grpo_arith2.yaml")
+    assert not bm.has_work(ns, "grpo", 0, config) and bm.has_work(ns, "grpo", 5, config)
     calls = []
     monkeypatch.setattr(bm, "launch", lambda *a: calls.append(a))
     assert bm.main(args) == 0 and calls == []
@@ -257,3 +259,9 @@ def test_results_warn_when_step_times_come_from_several_hosts():
 
     assert bm._hosts_note([run("vm-a"), run("vm-a"), {"trained_on": None}]) == ""
     assert "2 hosts" in bm._hosts_note([run("vm-a"), run("vm-b")])
+
+
+def test_time_left_counts_only_runs_that_trained():
+    assert bm.time_left(0.0, 0, 7) == ""  # nothing trained yet: no estimate
+    assert bm.time_left(1800.0, 2, 3) == ", 3 to train, about 45 min left"  # 15 min a run
+    assert bm.time_left(1800.0, 2, 0) == ""

@@ -480,6 +480,29 @@ def _record(ns, method, seed, run_dir, records, summary, evals) -> dict[str, Any
     return run
 
 
+def has_work(ns: argparse.Namespace, method: str, seed: int, config: Path) -> bool:
+    """Whether `bench_one` would train or evaluate (method, seed), rather than reuse it."""
+    run_dir = ns.runs_dir / method / f"seed{seed}"
+    cmd = train_command(ns, method, seed, config)
+    if not (same_command(cmd, run_dir) and (run_dir / "summary.json").is_file()):
+        return True
+    summary = json.loads((run_dir / "summary.json").read_text())
+    if not post_evaluate(ns, method, run_dir, summary, evaluate=False)[1]:
+        return False
+    checkpoint = summary.get("checkpoint")
+    return bool(ns.retrain_for_post_evals or (checkpoint and Path(checkpoint).is_dir()))
+
+
+def time_left(worked_s: float, runs_worked: int, runs_to_work: int) -> str:
+    """The progress line's estimate: the mean time of the runs trained so far in this call
+    (reused runs take seconds and would make it absurdly short) times the runs still to
+    train; empty before the first trained run."""
+    if runs_worked == 0 or runs_to_work == 0:
+        return ""
+    minutes = worked_s / runs_worked * runs_to_work / 60
+    return f", {runs_to_work} to train, about {minutes:.0f} min left"
+
+
 def _hosts_note(runs: list[dict[str, Any]]) -> str:
     """A warning when the runs were trained on more than one host: step times then compare
     machines as much as methods (results do not depend on the host's speed)."""
@@ -506,23 +529,26 @@ def main(argv: list[str] | None = None) -> int:
     runs, failed = [], {}
     if ns.report_only:
         return report_only(ns, argv, plan, pending)
-    started = time.perf_counter()
+    worked_s, runs_worked = 0.0, 0
     for i, (method, seed, config) in enumerate(plan, 1):
-        elapsed = time.perf_counter() - started
-        eta = (
-            f", about {elapsed / (i - 1) * (len(plan) - i + 1) / 60:.0f} min left" if i > 1 else ""
-        )
+        to_work = [has_work(ns, *item) for item in plan[i - 1 :]]
+        eta = time_left(worked_s, runs_worked, sum(to_work))
         print(
             f"[bench methods] {i}/{len(plan)} {method} seed {seed}{eta}",
             file=sys.stderr,
             flush=True,
         )
+        started = time.perf_counter()
         try:
             run, missing = bench_one(ns, method, seed, config)
         except RuntimeError as err:  # one broken method must not cost the others' results
             failed[f"{method}/seed{seed}"] = str(err)
             print(f"[bench methods] {method} seed {seed} failed: {err}", file=sys.stderr)
             continue
+        finally:
+            if to_work[0]:
+                worked_s += time.perf_counter() - started
+                runs_worked += 1
         runs.append(run)
         pending.update({f"{method}/seed{seed}:{name}": why for name, why in missing.items()})
         if i < len(plan):  # a partial result to read while the rest runs
