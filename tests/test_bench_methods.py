@@ -235,6 +235,7 @@ def test_post_evaluations_run_on_the_last_checkpoint_and_say_when_it_is_gone(tmp
     assert stored["result"]["n"] == 4  # --quick evaluates 4 problems
     assert set(result["paired_post_eval"]) == {"dupo:pass16", "dupo:pass16-explore"}
     assert "dupo - grpo" in (tmp_path / "out/results.md").read_text()  # training table
+    assert result["paired_modes"]["dupo:pass16-explore - dupo:pass16"]["pass@16"]["n"] == 1
     # evaluations are reused; with the checkpoints gone a missing one is pending, and
     # --retrain-for-post-evals trains the run again (the stubbed launch fails: it says so)
     for path in (tmp_path / "r").glob("*/seed0/post_eval-pass16.json"):
@@ -251,6 +252,30 @@ def test_post_evaluations_run_on_the_last_checkpoint_and_say_when_it_is_gone(tmp
     assert bm.main([*args, "--retrain-for-post-evals"]) == 1  # both retrains failed
     failed = json.loads((tmp_path / "out/results.json").read_text())["failed"]
     assert "exit 3" in failed["dupo/seed0"]
+
+
+def test_a_methods_two_policies_pair_within_the_same_run():
+    def run(method, seed, evals):
+        return {"method": method, "seed": seed, "post_eval": evals}
+
+    def ev(normal, high):
+        return {"pass16": {"pass@16": normal, "accuracy": 0.4},
+                "pass16-high_entropy": {"pass@16": high}}  # fmt: skip
+
+    runs = [run("ps", 0, ev(0.60, 0.70)), run("ps", 1, ev(0.70, 0.70)), run("ps", 2, ev(0.5, 0.8))]
+    runs.append(run("ps", 3, {"pass16": {"pass@16": 0.9}}))  # one mode only: not paired
+    runs.append(run("grpo", 0, {"pass16": {"pass@16": 0.1}}))  # no contrast for GRPO
+    modes = ms.paired_modes(runs, {"ps": ("pass16-high_entropy", "pass16")})
+    assert set(modes) == {"ps:pass16-high_entropy - ps:pass16"}
+    d = modes["ps:pass16-high_entropy - ps:pass16"]
+    assert set(d) == {"pass@16"}  # metrics both report
+    # differences +0.1, 0.0, +0.3: mean 0.4/3, sd sqrt(((0.1-m)^2 + m^2 + (0.3-m)^2) / 2)
+    m = 0.4 / 3
+    sd = (((0.1 - m) ** 2 + m**2 + (0.3 - m) ** 2) / 2) ** 0.5
+    assert d["pass@16"]["n"] == 3 and d["pass@16"]["mean"] == pytest.approx(m)
+    assert d["pass@16"]["sd"] == pytest.approx(sd)
+    table = ms.paired_table(modes, "")
+    assert "| ps:pass16-high_entropy - ps:pass16 | pass@16 | 3 | +0.133 |" in table
 
 
 def test_results_warn_when_step_times_come_from_several_hosts():

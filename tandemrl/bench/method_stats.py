@@ -338,6 +338,31 @@ def paired_post_evals(
     return out
 
 
+def paired_modes(
+    runs: Sequence[dict[str, Any]], contrasts: dict[str, tuple[str, str]]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Within one method, one post-evaluation minus another of the same run, paired by seed
+    (`contrasts`: method -> (treated, control), e.g. Policy Split's high-entropy mode minus
+    its normal mode, or DuPO's explorer minus its exploiter): what the method's second
+    policy adds, with the same checkpoint, seed and problems on both sides. Keyed
+    "method:treated - method:control"; metrics: those both report."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for method, seeds in _by_method(runs).items():
+        if method not in contrasts:
+            continue
+        treated_name, control_name = contrasts[method]
+        both = {s: r["post_eval"] for s, r in seeds.items()
+                if {treated_name, control_name} <= set(r.get("post_eval", {}))}  # fmt: skip
+        if not both:
+            continue
+        treated = {s: e[treated_name] for s, e in both.items()}
+        control = {s: e[control_name] for s, e in both.items()}
+        keys = sorted(set.intersection(*(set(m) for m in (*treated.values(), *control.values()))))
+        label = f"{method}:{treated_name} - {method}:{control_name}"
+        out[label] = _paired_by_seed(treated, control, keys)
+    return out
+
+
 def _by_method(runs: Sequence[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
     by_method: dict[str, dict[int, dict[str, Any]]] = {}
     for run in runs:
@@ -365,7 +390,12 @@ def paired_table(paired: dict[str, dict[str, dict[str, Any]]], baseline: str) ->
             "detectable effect", "interval excludes 0"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for method, metrics in paired.items():
-        label = f"{baseline} - untrained" if method == "untrained" else f"{method} - {baseline}"
+        if " - " in method:  # already a full label (`paired_modes`)
+            label = method
+        elif method == "untrained":
+            label = f"{baseline} - untrained"
+        else:
+            label = f"{method} - {baseline}"
         for key, d in metrics.items():
             if d["n"] == 0:
                 continue

@@ -40,6 +40,7 @@ from tandemrl.bench.method_stats import (
     markdown_table,
     mechanism_table,
     paired_comparisons,
+    paired_modes,
     paired_post_evals,
     paired_table,
     paired_training,
@@ -104,6 +105,11 @@ SUITES: dict[str, dict[str, Any]] = {
                 "pass16-high_entropy": [*PASS16, "mode=high_entropy"],
             },
             "dupo": {"pass16": PASS16, "pass16-explore": [*PASS16, "policy=explore"]},
+        },
+        # The diversity each second policy adds, within the run (free of seed variance).
+        "mode_contrasts": {
+            "policy_split": ("pass16-high_entropy", "pass16"),
+            "dupo": ("pass16-explore", "pass16"),
         },
         "methods": {
             "grpo": "configs/grpo_arith2.yaml",
@@ -371,6 +377,7 @@ def write_results(
     training = paired_training(runs, suite["baseline"])
     reference = suite.get("reference_eval")
     post = paired_post_evals(runs, suite["baseline"], reference) if reference else {}
+    modes = paired_modes(runs, suite.get("mode_contrasts", {}))
     ns.out.mkdir(parents=True, exist_ok=True)
     command = "tandem bench methods " + shlex.join(sys.argv[3:] if argv is None else argv)
     result = {
@@ -391,6 +398,7 @@ def write_results(
         "paired": paired,
         "paired_training": training,
         "paired_post_eval": post,
+        "paired_modes": modes,
         "failed": failed,
         "pending": pending,
         "unfinished": [f"{m}/seed{s}" for m, s in unfinished],
@@ -425,6 +433,11 @@ def write_results(
                   "more samples per problem, other policies or modes); a method's evaluation "
                   "minus the baseline's on the same seed.", "",
                   paired_table(post, f"{suite['baseline']}:{reference}"), ""]  # fmt: skip
+    if modes:
+        lines += ["## A method's two policies, paired", "",
+                  "The same run's last checkpoint evaluated with each of its policies or modes "
+                  "(same seed and problems): the second minus the first.", "",
+                  paired_table(modes, ""), ""]  # fmt: skip
     if mechanisms := mechanism_table(summary):
         lines += ["## Mechanisms", "", "What each method's own machinery did (its per-step "
                   "metrics, averaged over steps, then over seeds).", "", mechanisms, ""]  # fmt: skip
