@@ -113,9 +113,10 @@ def run(name: str, out_dir: Path) -> list[dict]:
     return stable_records(out_dir / "metrics.jsonl")
 
 
-def write_all(tmp: Path) -> None:
+def write_all(tmp: Path, names: list[str] | None = None) -> None:
+    """Write the golden files of `names` (all runs when None or empty)."""
     GOLDEN.mkdir(exist_ok=True)
-    for name in RUNS:
+    for name in names or RUNS:
         records = run(name, tmp / name)
         (GOLDEN / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         print(f"wrote {GOLDEN / name}.jsonl ({len(records)} steps)", file=sys.stderr)
@@ -125,4 +126,4 @@ if __name__ == "__main__":
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        write_all(Path(tmp))
+        write_all(Path(tmp), sys.argv[1:])  # e.g. `python -m tests.golden_runs ppo`

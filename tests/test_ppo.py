@@ -86,6 +86,18 @@ def test_clipped_value_loss_hand_computed_and_its_gradient():
         clipped_value_loss(values, old, returns, mask, clip=0.0)
 
 
+def test_value_clip_fraction_counts_no_token_inside_the_clip():
+    # V_old + (V - V_old) differs from V by rounding when the two have opposite signs; a
+    # token inside the clip has identical terms and must never count as clipped
+    g = torch.Generator().manual_seed(0)
+    old = 0.1 * torch.randn(4, 256, generator=g)
+    values = old + 0.1 * torch.rand(4, 256, generator=g) - 0.05  # |V - V_old| < .05 < eps
+    returns = torch.randn(4, 256, generator=g)
+    res = clipped_value_loss(values, old, returns, torch.ones(4, 256), clip=0.2)
+    assert res.metrics["value/clip_frac"] == 0.0
+    assert res.loss.item() == pytest.approx(0.5 * ((values - returns) ** 2).mean().item())
+
+
 def test_explained_variance_hand_computed():
     returns = torch.tensor([[1.0, 2.0, 3.0, 99.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])

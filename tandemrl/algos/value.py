@@ -51,7 +51,9 @@ def clipped_value_loss(
         v_clip = old + (values - old).clamp(-clip, clip)
         clipped = (v_clip - target) ** 2
         per_token = 0.5 * torch.maximum(unclipped, clipped)
-        clipped_more = clipped > unclipped
+        # Inside the clip V_clip equals V only up to rounding (V_old + (V - V_old) is not
+        # always V), so `clipped > unclipped` alone counts float noise that differs by CPU.
+        clipped_more = ((values - old).abs() > clip) & (clipped > unclipped)
     loss = aggregate(per_token, mask, aggregation, normalizer)
     with torch.no_grad():
         m = mask.to(values.dtype)
