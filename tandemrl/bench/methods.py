@@ -455,11 +455,9 @@ def finished_run(
 ) -> dict[str, Any] | None:
     """The record of (method, seed) when its run has finished with this command, with the
     post-evaluations already stored; None otherwise. Trains and evaluates nothing."""
-    cmd = train_command(ns, method, seed, config)
-    run_dir = ns.runs_dir / method / f"seed{seed}"
-    if not (same_command(cmd, run_dir) and (run_dir / "summary.json").is_file()):
+    run_dir, summary = _finished_summary(ns, method, seed, config)
+    if summary is None:
         return None
-    summary = json.loads((run_dir / "summary.json").read_text())
     evals = post_evaluate(ns, method, run_dir, summary, evaluate=False)[0]
     return _record(
         ns, method, seed, run_dir, read_metrics(run_dir / "metrics.jsonl"), summary, evals
@@ -493,13 +491,23 @@ def _record(ns, method, seed, run_dir, records, summary, evals) -> dict[str, Any
     return run
 
 
-def has_work(ns: argparse.Namespace, method: str, seed: int, config: Path) -> bool:
-    """Whether `bench_one` would train or evaluate (method, seed), rather than reuse it."""
+def _finished_summary(
+    ns: argparse.Namespace, method: str, seed: int, config: Path
+) -> tuple[Path, dict[str, Any] | None]:
+    """The run directory of (method, seed) and its summary when the run finished with this
+    command (None otherwise)."""
     run_dir = ns.runs_dir / method / f"seed{seed}"
     cmd = train_command(ns, method, seed, config)
     if not (same_command(cmd, run_dir) and (run_dir / "summary.json").is_file()):
+        return run_dir, None
+    return run_dir, json.loads((run_dir / "summary.json").read_text())
+
+
+def has_work(ns: argparse.Namespace, method: str, seed: int, config: Path) -> bool:
+    """Whether `bench_one` would train or evaluate (method, seed), rather than reuse it."""
+    run_dir, summary = _finished_summary(ns, method, seed, config)
+    if summary is None:
         return True
-    summary = json.loads((run_dir / "summary.json").read_text())
     if not post_evaluate(ns, method, run_dir, summary, evaluate=False)[1]:
         return False
     checkpoint = summary.get("checkpoint")
@@ -543,9 +551,9 @@ def main(argv: list[str] | None = None) -> int:
     if ns.report_only:
         return report_only(ns, argv, plan, pending)
     worked_s, runs_worked = 0.0, 0
+    needs_work = [has_work(ns, *item) for item in plan]  # runs do not change each other's
     for i, (method, seed, config) in enumerate(plan, 1):
-        to_work = [has_work(ns, *item) for item in plan[i - 1 :]]
-        eta = time_left(worked_s, runs_worked, sum(to_work))
+        eta = time_left(worked_s, runs_worked, sum(needs_work[i - 1 :]))
         print(
             f"[bench methods] {i}/{len(plan)} {method} seed {seed}{eta}",
             file=sys.stderr,
@@ -559,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[bench methods] {method} seed {seed} failed: {err}", file=sys.stderr)
             continue
         finally:
-            if to_work[0]:
+            if needs_work[i - 1]:
                 worked_s += time.perf_counter() - started
                 runs_worked += 1
         runs.append(run)
