@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from tandemrl.tasks.duality import build_dual_questions, find_numbers
+from tandemrl.tasks.duality import build_dual_questions, find_numbers, solve_for_variable
 
 
 def usable(problem: str) -> list[str]:
@@ -126,3 +128,73 @@ def test_placeholder_avoids_a_variable_the_problem_already_uses():
     q = build_dual_questions("Solve x + 3 = 11 for x.").questions[0]
     assert (q.variable, q.masked, q.hidden) == ("y", "Solve x + y = 11 for x.", "3")
     assert q.prompt("8", instruction="").endswith("determine the value of y.")
+
+
+# -- the solved form: the dual question with the algebra done ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("expression", "answer", "solved"),
+    [
+        ("x - 54", "-28", "-28 + 54"),
+        ("26 - x", "-28", "26 + 28"),  # 26 - -28, written as a person would
+        ("x + 56", "93", "93 - 56"),
+        ("-3 + x", "2", "2 + 3"),
+        ("x * 8", "56", "56 / 8"),
+        ("7 * x", "-56", "-56 / 7"),
+        ("x / 4", "3", "3 * 4"),
+        ("12 / x", "-3", "12 / (-3)"),
+        ("x × 8", "56", "56 / 8"),
+    ],
+)
+def test_solve_for_variable_by_hand(expression, answer, solved):
+    assert solve_for_variable(expression, "x", answer) == solved
+
+
+@pytest.mark.parametrize(
+    ("expression", "answer"),
+    [
+        ("x + 3 * 4", "14"),  # more than one operation: the equation form stays
+        ("x * 0", "0"),  # no unique x
+        ("12 / x", "0"),
+        ("x - y", "3"),  # two unknowns
+        ("x - 3", "seven"),  # not a number
+    ],
+)
+def test_solve_for_variable_declines_what_it_cannot_solve(expression, answer):
+    assert solve_for_variable(expression, "x", answer) is None
+
+
+@given(
+    a=st.integers(-99, 99),
+    b=st.integers(-99, 99).filter(lambda v: v != 0),
+    op=st.sampled_from("+-*/"),
+    masked_left=st.booleans(),
+)
+def test_solved_expression_evaluates_to_the_hidden_number(a, b, op, masked_left):
+    """For every two-operand problem, the solved dual question at the right answer computes
+    the hidden operand (exact arithmetic; `/` only where the primal division is exact)."""
+    from fractions import Fraction
+
+    if op == "/" and not masked_left and a == 0:
+        return  # 0 / b = 0 for every b: no unique hidden divisor
+    value = {"+": a + b, "-": a - b, "*": a * b, "/": Fraction(a, b)}[op]
+    if op == "*" and (a == 0 or b == 0):
+        return
+    if isinstance(value, Fraction) and value.denominator != 1:
+        return
+    hidden, expression = (a, f"x {op} {b}") if masked_left else (b, f"{a} {op} x")
+    solved = solve_for_variable(expression, "x", str(int(value)))
+    assert solved is not None
+    exact = solved.replace("/", "*Fraction(1)/")  # exact division
+    assert eval(exact, {"Fraction": Fraction}) == hidden
+
+
+def test_solved_form_changes_only_two_operand_expressions():
+    q = build_dual_questions("Calculate 26 - 54.").questions[0]
+    assert q.prompt("-28", solved_template="Calculate {solved}.", instruction="") == (
+        "Calculate -28 + 54."
+    )
+    assert q.prompt("-28", instruction="") == "x - 54 = -28. What is x?"  # the paper's form
+    word = build_dual_questions("Tom buys 4 pens at 3 dollars each.").questions[0]
+    assert "determine the value of x" in word.prompt("12", solved_template="Calculate {solved}.")

@@ -303,3 +303,27 @@ def test_rerank_picks_judge_the_filter_among_the_candidates_shown():
     assert (first["oracle"], first["candidate_mean"], first["no_answer"]) == (0.0, 0.0, 0.0)
     none = _picks([None, None], [0.0, 0.0], distinct, acc, duals, 0.5)
     assert none["no_answer"] == 1.0 and none["majority"] == 0.0
+
+
+def test_solved_form_asks_forward_questions_and_scores_the_same():
+    """dual_form=solved: the dual question is the solved expression; a calculator that only
+    evaluates forward recovers the hidden numbers of the right answer and not of a wrong one."""
+    asked: list[str] = []
+
+    def calculator(prompts, n, **_):
+        out = []
+        for p in prompts:
+            text = p[-1]["content"]
+            asked.append(text)
+            expression = re.match(r"Calculate (.*)\.\n", text).group(1)
+            out += [f"Answer: {eval(expression):g}"] * n
+        return out
+
+    fn = reward(DualityConfig(dual_form="solved"), gen=calculator)
+    assert fn([PROMPT] * 3, ["Answer: -28", "Answer: -30", "none"]) == [1.0, 0.0, 0.0]
+    assert asked[:2] == [
+        "Calculate -28 + 54.\nEnd your reply with: Answer: <number>",
+        "Calculate 26 + 28.\nEnd your reply with: Answer: <number>",
+    ]
+    with pytest.raises(ConfigError, match="dual_form"):
+        DualityConfig(dual_form="inverse").check()

@@ -44,17 +44,20 @@ __all__ = [
     "EQUATION_TEMPLATE",
     "NUMBER_INSTRUCTION",
     "PAPER_TEMPLATE",
+    "SOLVED_TEMPLATE",
     "DualQuestion",
     "DualSet",
     "NumberSpan",
     "build_dual_questions",
     "find_numbers",
+    "solve_for_variable",
 ]
 
 PAPER_TEMPLATE = (
     "{problem}\nGiven that the correct answer is {answer}, determine the value of {variable}."
 )
 EQUATION_TEMPLATE = "{expression} = {answer}. What is {variable}?"
+SOLVED_TEMPLATE = "Calculate {solved}."
 NUMBER_INSTRUCTION = "End your reply with: Answer: <number>"
 _IN_WORD = "inside a word or term"
 _SPARE_VARIABLES = ("y", "z", "n", "k")  # used when the problem already has the variable
@@ -65,6 +68,10 @@ _EXPRESSION = re.compile(
     r"^\s*(?:calculate|compute|evaluate|what is|find|solve)\s*:?\s+"
     r"(?P<expr>[-+*/×÷^().\d\s,]+?)\s*[.?=]?\s*$",
     re.IGNORECASE,
+)
+_OPERAND = r"-?(?:\d+(?:\.\d+)?|\.\d+)"
+_BINARY = re.compile(
+    rf"^\s*(?P<left>{_OPERAND}|\w+)\s*(?P<op>[-+*/×÷])\s*(?P<right>{_OPERAND}|\w+)\s*$"
 )
 _RANGE = re.compile(
     r"\b(?:between|from)\s+(-?\d[\d,.]*)\s+(?:and|to)\s+(-?\d[\d,.]*)", re.IGNORECASE
@@ -99,9 +106,17 @@ class DualQuestion:
         template: str = PAPER_TEMPLATE,
         equation_template: str = EQUATION_TEMPLATE,
         instruction: str = NUMBER_INSTRUCTION,
+        solved_template: str | None = None,
     ) -> str:
-        """The dual question for primal answer ``answer``, ending with ``instruction``."""
-        if self.expression is not None:
+        """The dual question for primal answer ``answer``, ending with ``instruction``.
+        With ``solved_template``, a two-operand expression is asked solved for the variable
+        (``x - 54 = -28`` -> ``Calculate -28 + 54.``); anything else keeps its template."""
+        solved = None
+        if solved_template is not None and self.expression is not None:
+            solved = solve_for_variable(self.expression, self.variable, answer)
+        if solved is not None:
+            text = solved_template.format(solved=solved)
+        elif self.expression is not None:
             text = equation_template.format(
                 expression=self.expression, answer=answer, variable=self.variable
             )
@@ -220,3 +235,50 @@ def build_dual_questions(
             expression = " ".join((text[lo : span.start] + variable + text[span.end : hi]).split())
         questions.append(DualQuestion(masked, span.value, span, variable, expression))
     return DualSet(problem, questions, skipped)
+
+
+def _negate(number: str) -> str:
+    return number[1:] if number.startswith("-") else f"-{number}"
+
+
+def _binary(left: str, op: str, right: str) -> str:
+    """``left op right`` written as a person would: ``a - -b`` as ``a + b``, ``a * -b`` as
+    ``a * (-b)``."""
+    if right.startswith("-") and op in "+-":
+        op, right = ("-" if op == "+" else "+"), right[1:]
+    elif right.startswith("-"):
+        right = f"({right})"
+    return f"{left} {op} {right}"
+
+
+def solve_for_variable(expression: str, variable: str, answer: str) -> str | None:
+    """The forward expression whose value is ``variable`` when ``expression = answer``, for
+    one binary operation with the variable as one operand; None for anything else.
+
+        x + b = A -> A - b      a + x = A -> A - a
+        x - b = A -> A + b      a - x = A -> a - A
+        x * b = A -> A / b      a * x = A -> A / a
+        x / b = A -> A * b      a / x = A -> a / A
+
+    The same dual question as the equation, with the algebra done: a model that can compute
+    the primal problem can compute this one, while ``26 - x = -28. What is x?`` defeats
+    SmolLM2-135M (backward accuracy 0.006, docs/duality.md)."""
+    match = _BINARY.match(expression.replace("×", "*").replace("÷", "/"))
+    answer = answer.strip()
+    if match is None or not re.fullmatch(_OPERAND, answer):
+        return None
+    left, op, right = match.group("left", "op", "right")
+    if (left == variable) == (right == variable):
+        return None  # the variable is not exactly one of the two operands
+    known = right if left == variable else left
+    if not re.fullmatch(_OPERAND, known):
+        return None
+    if op == "+":
+        return _binary(answer, "-", known)
+    if op == "*":
+        return None if float(known) == 0 else _binary(answer, "/", known)
+    if left == variable:  # x - b = A, x / b = A
+        return _binary(answer, "+" if op == "-" else "*", known)
+    if op == "/" and float(answer) == 0:
+        return None
+    return _binary(known, op, answer)  # a - x = A -> a - A; a / x = A -> a / A

@@ -41,6 +41,7 @@ from tandemrl.tasks.duality import (
     EQUATION_TEMPLATE,
     NUMBER_INSTRUCTION,
     PAPER_TEMPLATE,
+    SOLVED_TEMPLATE,
     DualQuestion,
     DualSet,
     build_dual_questions,
@@ -75,6 +76,9 @@ class DualityConfig:
     variable: str = "x"
     template: str = PAPER_TEMPLATE
     equation_template: str = EQUATION_TEMPLATE
+    # equation (the paper's): "x - 54 = -28. What is x?"; solved: "Calculate -28 + 54."
+    dual_form: Literal["equation", "solved"] = "equation"
+    solved_template: str = SOLVED_TEMPLATE
     instruction: str = NUMBER_INSTRUCTION
     metric: Literal["chrf", "bleu"] = "chrf"  # translation distance d = 1 - metric/100
     form: Literal["exp", "linear"] = "exp"  # exp(-lam * d) or 1 - d
@@ -90,6 +94,7 @@ class DualityConfig:
             template=self.template,
             equation_template=self.equation_template,
             instruction=self.instruction,
+            solved_template=self.solved_template if self.dual_form == "solved" else None,
         )
 
     def check(self) -> None:
@@ -102,6 +107,10 @@ class DualityConfig:
             (self.gold_weight >= 0, "duality.gold_weight must be >= 0"),
             (self.timeout_s >= 0, "duality.timeout_s must be >= 0 (0 = none)"),
             (bool(self.variable.strip()), "duality.variable must not be empty"),
+            (
+                self.dual_form in ("equation", "solved"),
+                f"duality.dual_form must be equation or solved, not {self.dual_form!r}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
