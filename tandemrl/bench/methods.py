@@ -92,8 +92,13 @@ SUITES: dict[str, dict[str, Any]] = {
             "checkpoint.every=5",
         ],
         # DuPO sets its two policies' lrs itself: the exploiter gets the suite's, the
-        # explorer twice that, as in configs/dupo_arith2.yaml.
-        "method_overrides": {"dupo": ["dupo.lr_exploit=2.0e-4", "dupo.lr_explore=4.0e-4"]},
+        # explorer twice that, as in configs/dupo_arith2.yaml. The duality reward asks its
+        # dual questions solved for x, a form SmolLM2-135M can answer (docs/duality.md:
+        # backward accuracy 0.31 on right answers against 0.065 as equations).
+        "method_overrides": {
+            "dupo": ["dupo.lr_exploit=2.0e-4", "dupo.lr_explore=4.0e-4"],
+            "duality": ["duality.dual_form=solved"],
+        },
         # Diversity where it is claimed (Policy Split's high-entropy mode, DuPO's explorer):
         # each last checkpoint evaluated again with 16 samples on the first 64 held-out
         # problems (pass@2..16, distinct answers), paired with GRPO's same evaluation.
