@@ -85,10 +85,60 @@ def test_rerank_scores_each_n_on_a_prefix_of_the_same_candidates(tmp_path):
         assert rec["by_n"]["2"]["candidate_mean"] == pytest.approx(sum(rec["correct"][:2]) / 2)
 
 
+def test_rerank_interrupted_continues_from_its_finished_chunks(tmp_path, monkeypatch):
+    from tandemrl.cli import rerank
+
+    def args(out):
+        return ["rerank", "model=tiny", "task=arith2", "eval.size=5", "n=2", "k=1", "chunk=2",
+                "rollout.max_new_tokens=6", "duality.max_new_tokens=4", f"output_dir={out}"]  # fmt: skip
+
+    assert main(args(tmp_path / "whole")) == 0
+    whole = json.loads((tmp_path / "whole" / "rerank.json").read_text())
+    assert whole["chunks_reused"] == 0
+    assert not (tmp_path / "whole" / rerank.PARTIAL).exists()  # folded into rerank.json
+
+    real, calls = rerank._rerank_chunk, []
+
+    def stop_at_third_chunk(*a, **kw):
+        calls.append(kw["seed"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(rerank, "_rerank_chunk", stop_at_third_chunk)
+    assert main(args(tmp_path / "cut")) == 130  # Ctrl-C during chunk 3
+    partial = tmp_path / "cut" / rerank.PARTIAL
+    assert len(partial.read_text().splitlines()) == 3  # settings and chunks 1-2
+    with partial.open("a") as f:
+        f.write('{"chunk": 2, "recor')  # a line torn by the interruption
+    monkeypatch.setattr(rerank, "_rerank_chunk", real)
+    assert main(args(tmp_path / "cut")) == 0
+    resumed = json.loads((tmp_path / "cut" / "rerank.json").read_text())
+    assert resumed["chunks_reused"] == 2 and not partial.exists()
+    # Each chunk has its own seeds, so resuming gives the uninterrupted run's records.
+    assert resumed["examples"] == whole["examples"]
+    assert resumed["dual_accuracy"] == whole["dual_accuracy"]
+
+
+def test_rerank_starts_over_when_the_settings_changed(tmp_path, capsys):
+    from tandemrl.cli import rerank
+
+    out = tmp_path / "rr"
+    out.mkdir()
+    (out / rerank.PARTIAL).write_text('{"settings": {"k": 99}}\n{"chunk": 0, "records": []}\n')
+    args = ["rerank", "model=tiny", "task=arith2", "eval.size=2", "n=2", "k=1", "chunk=2"]
+    assert main([*args, "rollout.max_new_tokens=4", f"output_dir={out}"]) == 0
+    captured = capsys.readouterr()
+    assert "written with other settings; starting over" in captured.out + captured.err
+    result = json.loads((out / "rerank.json").read_text())
+    assert result["chunks_reused"] == 0 and len(result["examples"]) == 2
+
+
 def test_rerank_rejects_bad_numbers():
     assert main(["rerank", "model=tiny", "n=zero"]) == 2
     assert main(["rerank", "model=tiny", "k=0"]) == 2
     assert main(["rerank", "model=tiny", "n=8,0"]) == 2
+    assert main(["rerank", "model=tiny", "chunk=0"]) == 2
 
 
 @pytest.mark.slow

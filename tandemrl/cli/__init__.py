@@ -4,7 +4,7 @@
     tandem eval  [CONFIG.yaml] [checkpoint=DIR] [policy=NAME] [mode=NAME] [key=value ...]
     tandem export checkpoint=DIR out=DIR [policy=NAME] [merged=true]
     tandem tasks [--all] [NAME ...]                list tasks with sizes, metrics, a prompt
-    tandem rerank [CONFIG.yaml] [checkpoint=DIR] [n=8[,16]] [k=8] [temperature=0.7] [key=value ...]
+    tandem rerank [CONFIG.yaml] [checkpoint=DIR] [n=8[,16]] [k=8] [temperature=0.7] [chunk=8] [key=value ...]
                                                    DuPO dual reranking vs greedy, majority vote
     tandem bench speed [--what ...] [--help]       benchmarks (docs/benchmarks.md)
 
@@ -66,7 +66,7 @@ def cmd_train(args: list[str]) -> int:
 HELP_USAGE = {
     "train": "tandem train [CONFIG.yaml] [key=value ...]",
     "eval": "tandem eval [CONFIG.yaml] [checkpoint=DIR] [policy=NAME] [mode=NAME] [key=value ...]",
-    "rerank": "tandem rerank [CONFIG.yaml] [checkpoint=DIR] [n=8[,16]] [k=8] [temperature=0.7] [key=value ...]",
+    "rerank": "tandem rerank [CONFIG.yaml] [checkpoint=DIR] [n=8[,16]] [k=8] [temperature=0.7] [chunk=8] [key=value ...]",
     "export": "tandem export checkpoint=DIR out=DIR [policy=NAME] [merged=true]",
 }
 
@@ -125,17 +125,20 @@ def cmd_rerank(args: list[str]) -> int:
     from tandemrl.errors import ConfigError
     from tandemrl.loop import load_config
 
-    special, config, rest = _checkpoint_args(args, ("checkpoint", "n", "k", "temperature"))
+    keys = ("checkpoint", "n", "k", "temperature", "chunk")
+    special, config, rest = _checkpoint_args(args, keys)
     try:
         n = [int(v) for v in str(special.get("n", 8)).split(",")]
         k = int(special.get("k", 8))
+        chunk = int(special.get("chunk", 8))
         temperature = float(special.get("temperature", 0.7))
     except ValueError as err:
         raise ConfigError(
-            f"tandem rerank: n integers (n=8 or n=8,16), k an integer, temperature a number: {err}"
+            "tandem rerank: n integers (n=8 or n=8,16), k and chunk integers, temperature a "
+            f"number: {err}"
         ) from None
     cfg = load_config(config, rest)
-    result = run_rerank(cfg, special.get("checkpoint"), n, k, temperature)
+    result = run_rerank(cfg, special.get("checkpoint"), n, k, temperature, chunk)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -13,13 +13,18 @@ A problem without a usable dual question (or whose questions the filter drops) f
 the majority pick; how often is reported. ``oracle`` is pass@N of the candidates. Labels are
 read only to score the picks and to report the mean backward accuracy of right and of wrong
 candidates (``backward_acc_right`` / ``backward_acc_wrong``).
+
+Problems go ``chunk`` at a time, each finished chunk kept in ``rerank.partial.jsonl``: the same
+command started again after an interruption continues from the last finished chunk.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -51,31 +56,125 @@ def run_rerank(
     n: int | Sequence[int] = 8,
     k: int = 8,
     temperature: float = 0.7,
+    chunk: int = 8,
 ) -> dict[str, Any]:
     """Greedy, majority vote and dual reranking over the same candidates, K dual samples per
     question at ``temperature`` (candidates too); writes ``rerank.json``.
 
     ``n`` may list several candidate counts (``(8, 16)``): max(n) candidates are drawn once
     and each smaller N scores the first N of them, an i.i.d. draw of N, so every N is judged
-    on the same problems and the dual samples of an answer are shared between them."""
+    on the same problems and the dual samples of an answer are shared between them.
+
+    Problems are reranked ``chunk`` at a time, each chunk appended to ``rerank.partial.jsonl``
+    with its own seeds: an interrupted run started again with the same settings reuses the
+    finished chunks and gives the records an uninterrupted run would have."""
     ns = sorted({n} if isinstance(n, int) else set(n))
-    if not ns or ns[0] < 1 or k < 1 or temperature <= 0:
-        raise ConfigError("tandem rerank needs n >= 1, k >= 1 and temperature > 0")
-    top = ns[-1]
-    d = cfg.duality
+    if not ns or ns[0] < 1 or k < 1 or temperature <= 0 or chunk < 1:
+        raise ConfigError("tandem rerank needs n >= 1, k >= 1, chunk >= 1 and temperature > 0")
     task = get_task(cfg.task, **cfg.task_options)
     examples = list(task.eval_examples())[: cfg.eval.size]
-    loaded = load_model(cfg.model, cfg.load_dtype)
-    model = loaded.model
-    if checkpoint:
-        model = load_policy_weights(model, Path(checkpoint), None)
-    model = model.to(cfg.compute().device)
-    sample = PolicySampler(lambda: model, HFEngine(loaded.tokenizer, cfg.eval.batch_size))
+    out_dir = Path(checkpoint) if checkpoint else Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "model": cfg.model,
+        "task": cfg.task,
+        "task_options": cfg.task_options,
+        "checkpoint": checkpoint,
+        "problems": [ex.id for ex in examples],
+        "n": ns,
+        "k": k,
+        "temperature": temperature,
+        "seed": cfg.seed,
+        "chunk": chunk,
+        "max_new_tokens": cfg.rollout.max_new_tokens,
+        "duality": asdict(cfg.duality),
+    }
+    partial = out_dir / PARTIAL
+    done = _finished_chunks(partial, json.loads(json.dumps(settings)))
+    starts = range(0, len(examples), chunk)
+    if done:
+        log(f"rerank: reusing {len(done)} of {len(starts)} finished chunks from {partial}")
+    todo = [c for c in range(len(starts)) if c not in done]
+    if todo:
+        loaded = load_model(cfg.model, cfg.load_dtype)
+        model = loaded.model
+        if checkpoint:
+            model = load_policy_weights(model, Path(checkpoint), None)
+        model = model.to(cfg.compute().device)
+        sample = PolicySampler(lambda: model, HFEngine(loaded.tokenizer, cfg.eval.batch_size))
+        for c in todo:
+            part = examples[starts[c] : starts[c] + chunk]
+            log(
+                f"rerank: chunk {c + 1} of {len(starts)} (problems {starts[c]}-{starts[c] + len(part) - 1})"
+            )
+            done[c] = _rerank_chunk(
+                cfg, task, part, sample, ns, k, temperature, seed=cfg.seed + 3 * c
+            )
+            with partial.open("a") as f:
+                f.write(json.dumps({"chunk": c, **done[c]}) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+    chunks = [done[c] for c in range(len(starts))]
+    records = [rec for ch in chunks for rec in ch["records"]]
+    top = ns[-1]
+    result: dict[str, Any] = {"n_problems": len(examples), "N": top, "K": k}
+    result["temperature"] = temperature
+    by_n = {str(size): _summary(records, str(size)) for size in ns}
+    result.update(by_n[str(top)])
+    if len(ns) > 1:
+        result["by_n"] = by_n
+    for key in ("dual/samples", "dual/generate_s", "candidates_generate_s"):
+        result[key] = sum(ch[key] for ch in chunks)
+    result.update({"model": cfg.model, "task": cfg.task, "checkpoint": checkpoint})
+    result.update(chunk=chunk, chunks_reused=len(starts) - len(todo))
+    (out_dir / "rerank.json").write_text(json.dumps({**result, "examples": records}, indent=2))
+    partial.unlink(missing_ok=True)  # rerank.json now holds every chunk
+    for size in ns:
+        s = by_n[str(size)]
+        diff = s["dual_minus_majority"]
+        log(
+            f"rerank (N={size}, K={k}, {len(examples)} problems): greedy {s['greedy_accuracy']:.3f}, "
+            f"majority {s['majority_accuracy']:.3f}, dual {s['dual_accuracy']:.3f}, "
+            f"dual+filter {s['dual_filtered_accuracy']:.3f}, oracle {s['oracle_accuracy']:.3f}; "
+            f"dual - majority {diff['mean']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}]"
+        )
+    return result
+
+
+PARTIAL = "rerank.partial.jsonl"
+
+
+def _finished_chunks(partial: Path, settings: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """The chunks an earlier run with the same ``settings`` finished (a torn last line is an
+    unfinished chunk); a file from other settings is replaced, and the reason logged."""
+    lines = partial.read_text().splitlines() if partial.exists() else []
+    try:
+        header = json.loads(lines[0]) if lines else None
+    except json.JSONDecodeError:
+        header = None
+    if header != {"settings": settings}:
+        if lines:
+            log(f"rerank: {partial} was written with other settings; starting over")
+        partial.write_text(json.dumps({"settings": settings}) + "\n")
+        return {}
+    done: dict[int, dict[str, Any]] = {}
+    for line in lines[1:]:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        done[rec.pop("chunk")] = rec
+    return done
+
+
+def _rerank_chunk(cfg, task, examples, sample, ns, k, temperature, seed) -> dict[str, Any]:
+    """Greedy, max(ns) candidates and the dual samples for ``examples``; one record each."""
+    top, d = ns[-1], cfg.duality
     prompts = [ex.messages for ex in examples]
     tokens = cfg.rollout.max_new_tokens
     t0 = time.perf_counter()
-    greedy = sample(prompts, 1, temperature=0.0, max_new_tokens=tokens, seed=cfg.seed)
-    cands = sample(prompts, top, temperature=temperature, max_new_tokens=tokens, seed=cfg.seed + 1)
+    greedy = sample(prompts, 1, temperature=0.0, max_new_tokens=tokens, seed=seed)
+    cands = sample(prompts, top, temperature=temperature, max_new_tokens=tokens, seed=seed + 1)
     t1 = time.perf_counter()
     log(f"rerank: {len(examples)} problems, {top} candidates each in {t1 - t0:.0f} s")
     plans, texts = [], []
@@ -95,7 +194,7 @@ def run_rerank(
         k,
         temperature=temperature,
         max_new_tokens=d.max_new_tokens,
-        seed=cfg.seed + 2,
+        seed=seed + 2,
     )
     t2 = time.perf_counter()
     log(f"rerank: {len(texts)} dual questions x {k} samples in {t2 - t1:.0f} s")
@@ -124,29 +223,12 @@ def run_rerank(
                 answers[:size], correct[:size], distinct, acc, duals, d.threshold
             )
         records.append(rec)
-    result: dict[str, Any] = {"n_problems": len(examples), "N": top, "K": k}
-    result["temperature"] = temperature
-    by_n = {str(size): _summary(records, str(size)) for size in ns}
-    result.update(by_n[str(top)])
-    if len(ns) > 1:
-        result["by_n"] = by_n
-    result["dual/samples"] = len(recon)
-    result["dual/generate_s"] = t2 - t1
-    result["candidates_generate_s"] = t1 - t0
-    result.update({"model": cfg.model, "task": cfg.task, "checkpoint": checkpoint})
-    out_dir = Path(checkpoint) if checkpoint else Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "rerank.json").write_text(json.dumps({**result, "examples": records}, indent=2))
-    for size in ns:
-        s = by_n[str(size)]
-        diff = s["dual_minus_majority"]
-        log(
-            f"rerank (N={size}, K={k}, {len(examples)} problems): greedy {s['greedy_accuracy']:.3f}, "
-            f"majority {s['majority_accuracy']:.3f}, dual {s['dual_accuracy']:.3f}, "
-            f"dual+filter {s['dual_filtered_accuracy']:.3f}, oracle {s['oracle_accuracy']:.3f}; "
-            f"dual - majority {diff['mean']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}]"
-        )
-    return result
+    return {
+        "records": records,
+        "dual/samples": len(recon),
+        "dual/generate_s": t2 - t1,
+        "candidates_generate_s": t1 - t0,
+    }
 
 
 PICKS = ("greedy", "majority", "dual", "dual_filtered", "oracle")
