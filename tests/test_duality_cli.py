@@ -89,7 +89,7 @@ def test_rerank_interrupted_continues_from_its_finished_chunks(tmp_path, monkeyp
     from tandemrl.cli import rerank
 
     def args(out):
-        return ["rerank", "model=tiny", "task=arith2", "eval.size=5", "n=2", "k=1", "chunk=2",
+        return ["rerank", "model=tiny", "task=arith2", "eval.size=7", "n=2", "k=1", "chunk=2",
                 "rollout.max_new_tokens=6", "duality.max_new_tokens=4", f"output_dir={out}"]  # fmt: skip
 
     assert main(args(tmp_path / "whole")) == 0
@@ -97,24 +97,34 @@ def test_rerank_interrupted_continues_from_its_finished_chunks(tmp_path, monkeyp
     assert whole["chunks_reused"] == 0
     assert not (tmp_path / "whole" / rerank.PARTIAL).exists()  # folded into rerank.json
 
-    real, calls = rerank._rerank_chunk, []
+    real = rerank._rerank_chunk
 
-    def stop_at_third_chunk(*a, **kw):
-        calls.append(kw["seed"])
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **kw)
+    def interrupt_at_call(n):
+        calls = []
 
-    monkeypatch.setattr(rerank, "_rerank_chunk", stop_at_third_chunk)
-    assert main(args(tmp_path / "cut")) == 130  # Ctrl-C during chunk 3
+        def chunk(*a, **kw):
+            calls.append(kw["seed"])
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return real(*a, **kw)
+
+        return chunk
+
     partial = tmp_path / "cut" / rerank.PARTIAL
+    monkeypatch.setattr(rerank, "_rerank_chunk", interrupt_at_call(3))
+    assert main(args(tmp_path / "cut")) == 130  # Ctrl-C during chunk 3 of 4
     assert len(partial.read_text().splitlines()) == 3  # settings and chunks 1-2
     with partial.open("a") as f:
         f.write('{"chunk": 2, "recor')  # a line torn by the interruption
+    monkeypatch.setattr(rerank, "_rerank_chunk", interrupt_at_call(2))
+    assert main(args(tmp_path / "cut")) == 130  # chunk 3 done, Ctrl-C during chunk 4
+    # The torn line was dropped before chunk 3 was appended: every line parses.
+    lines = [json.loads(line) for line in partial.read_text().splitlines()]
+    assert [rec.get("chunk") for rec in lines] == [None, 0, 1, 2]
     monkeypatch.setattr(rerank, "_rerank_chunk", real)
     assert main(args(tmp_path / "cut")) == 0
     resumed = json.loads((tmp_path / "cut" / "rerank.json").read_text())
-    assert resumed["chunks_reused"] == 2 and not partial.exists()
+    assert resumed["chunks_reused"] == 3 and not partial.exists()
     # Each chunk has its own seeds, so resuming gives the uninterrupted run's records.
     assert resumed["examples"] == whole["examples"]
     assert resumed["dual_accuracy"] == whole["dual_accuracy"]

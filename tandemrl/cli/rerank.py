@@ -35,6 +35,7 @@ from tandemrl.loop.trainer import log
 from tandemrl.models import load_model
 from tandemrl.rollout import HFEngine, PolicySampler
 from tandemrl.runtime.config import TrainConfig
+from tandemrl.runtime.records import read_records
 from tandemrl.tasks import get_task
 from tandemrl.tasks.duality import build_dual_questions
 from tandemrl.tasks.duality_reward import problem_text
@@ -145,26 +146,17 @@ PARTIAL = "rerank.partial.jsonl"
 
 
 def _finished_chunks(partial: Path, settings: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    """The chunks an earlier run with the same ``settings`` finished (a torn last line is an
-    unfinished chunk); a file from other settings is replaced, and the reason logged."""
-    lines = partial.read_text().splitlines() if partial.exists() else []
-    try:
-        header = json.loads(lines[0]) if lines else None
-    except json.JSONDecodeError:
-        header = None
-    if header != {"settings": settings}:
-        if lines:
-            log(f"rerank: {partial} was written with other settings; starting over")
-        partial.write_text(json.dumps({"settings": settings}) + "\n")
-        return {}
-    done: dict[int, dict[str, Any]] = {}
-    for line in lines[1:]:
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        done[rec.pop("chunk")] = rec
-    return done
+    """The chunks an earlier run with the same ``settings`` finished; a file from other
+    settings is started over, and the reason logged. The file is rewritten with the header
+    and those chunks alone, so a line torn by the interruption cannot run into the next."""
+    lines, _torn = read_records(partial) if partial.exists() else ([], 0)
+    header = {"settings": settings}
+    same = bool(lines) and lines[0] == header
+    if lines and not same:
+        log(f"rerank: {partial} was written with other settings; starting over")
+    chunks = lines[1:] if same else []
+    partial.write_text("".join(json.dumps(r) + "\n" for r in [header, *chunks]))
+    return {rec.pop("chunk"): rec for rec in chunks}
 
 
 def _rerank_chunk(cfg, task, examples, sample, ns, k, temperature, seed) -> dict[str, Any]:
