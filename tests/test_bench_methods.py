@@ -119,6 +119,27 @@ def test_paired_comparisons_by_hand():
     assert "| new - grpo | accuracy | 3 | +0.020 | [-0.030, +0.070] |" in table
 
 
+def test_differences_figure_has_one_row_per_comparison_with_an_interval(tmp_path):
+    from tandemrl.bench import plots
+
+    def run(method, seed, acc, before=None):
+        return {"method": method, "seed": seed, "heldout": {"accuracy": acc},
+                "heldout_before": {"accuracy": before} if before is not None else {}}  # fmt: skip
+
+    runs = [run("grpo", s, a, 0.30) for s, a in enumerate([0.40, 0.38, 0.42])]
+    runs += [run("new", s, a) for s, a in enumerate([0.42, 0.42, 0.42])]
+    runs += [run("one", 0, 0.5)]  # one paired seed: a difference without an interval
+    paired = ms.paired_comparisons(runs, "grpo")
+    rows = plots.difference_rows(paired, "grpo", "accuracy")
+    assert [label for label, _ in rows] == ["grpo - untrained", "new - grpo"]
+    assert rows[1][1]["low"] == pytest.approx(0.02 - 4.302653 * 0.02 / 3**0.5, abs=1e-6)
+    assert plots.difference_rows(paired, "grpo", "pass@4") == []
+    assert plots.plot_differences(paired, "grpo", tmp_path) == ["differences.png"]
+    assert (tmp_path / "differences.png").read_bytes()[:4] == b"\x89PNG"
+    assert plots.plot_differences(paired, "grpo", tmp_path, metric="pass@4", name="x.png") == []
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_reward_volatility_by_hand():
     # successive differences 1, -1, 1: v^2 = 3 / (2 * 3)
     assert ms.reward_volatility([0.0, 1.0, 0.0, 1.0]) == pytest.approx(0.5**0.5)

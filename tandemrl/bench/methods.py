@@ -25,7 +25,6 @@ import argparse
 import copy
 import datetime as dt
 import json
-import math
 import os
 import shlex
 import subprocess
@@ -47,6 +46,7 @@ from tandemrl.bench.method_stats import (
     run_record,
     training_table,
 )
+from tandemrl.bench.plots import plot_curves, plot_differences
 from tandemrl.bench.speed import machine_info, versions
 from tandemrl.runtime.records import read_metrics
 
@@ -325,45 +325,6 @@ def share_before(runs: list[dict[str, Any]], baseline: str) -> None:
             r["heldout_curve"].insert(0, list(before[r["seed"]]))
 
 
-def plot(runs: list[dict[str, Any]], out: Path) -> list[str]:
-    """reward.png (per method: mean training reward over seeds, min-max band) and
-    heldout.png (per method: mean held-out accuracy over seeds at each evaluated step)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = list(dict.fromkeys(r["method"] for r in runs))
-    written = []
-    for name, key in (("reward.png", "reward_curve"), ("heldout.png", "heldout_curve")):
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for method in methods:
-            group = [r for r in runs if r["method"] == method]
-            if key == "reward_curve":
-                steps = range(1, max(len(r[key]) for r in group) + 1)
-                cols = [[r[key][i] for r in group if i < len(r[key])] for i in range(len(steps))]
-            else:
-                points = sorted({s for r in group for s, _ in r[key]})
-                steps = points
-                cols = [[a for r in group for s, a in r[key] if s == p] for p in points]
-            cols = [[v for v in c if math.isfinite(v)] for c in cols]
-            mean = [sum(c) / len(c) if c else math.nan for c in cols]
-            line = ax.plot(list(steps), mean, marker="o" if key != "reward_curve" else None,
-                           label=f"{method} ({len(group)} seeds)")  # fmt: skip
-            lo = [min(c) if c else math.nan for c in cols]
-            hi = [max(c) if c else math.nan for c in cols]
-            ax.fill_between(list(steps), lo, hi, alpha=0.15, color=line[0].get_color())
-        ax.set_xlabel("step")
-        ax.set_ylabel("training reward" if key == "reward_curve" else "held-out greedy accuracy")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        written.append(name)
-    return written
-
-
 def write_results(
     ns: argparse.Namespace,
     argv: list[str] | None,
@@ -409,7 +370,8 @@ def write_results(
         "unfinished": [f"{m}/seed{s}" for m, s in unfinished],
     }
     (ns.out / "results.json").write_text(json.dumps(result, indent=2))
-    figures = plot(runs, ns.out) if runs else []
+    figures = plot_curves(runs, ns.out) if runs else []
+    figures = plot_differences(paired, suite["baseline"], ns.out) + figures
     table = markdown_table(summary, suite["baseline"])
     lines = [f"# Methods on `{ns.suite}`{' (quick: tiny random model)' if ns.quick else ''}", "",
              f"`{result['command']}` ({result['date']}, {result['machine']['nproc']} cores, "
