@@ -97,6 +97,21 @@ def test_aggregate_and_table_say_when_a_method_is_within_noise():
     assert "2.0 ± 0.0 (3/3 seeds)" in rows["grpo"]
 
 
+def test_table_uses_the_paired_interval_where_there_is_one():
+    # unpaired, the intervals overlap widely; paired by seed, "new" is lower on every seed
+    runs = [_run("grpo", s, a, [0.0, 0.6]) for s, a in enumerate([0.40, 0.50, 0.60])]
+    runs += [_run("new", s, a, [0.0, 0.6]) for s, a in enumerate([0.37, 0.48, 0.58])]
+    runs += [_run("once", 0, 0.9, [0.0, 0.6])]  # one paired seed: no interval
+    summary = ms.aggregate(runs)
+    unpaired = ms.markdown_table(summary, baseline="grpo")
+    assert "-0.023 (within noise)" in unpaired
+    table = ms.markdown_table(summary, "grpo", ms.paired_comparisons(runs, "grpo"))
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()[2:]}
+    # differences -0.03, -0.02, -0.02: sd 0.00577, half-width 4.302653 * 0.00577 / sqrt(3)
+    assert "-0.023 [-0.038, -0.009] paired, interval excludes 0" in rows["new"]
+    assert "+0.400 (no interval)" in rows["once"] and "baseline" in rows["grpo"]
+
+
 def test_paired_comparisons_by_hand():
     def run(method, seed, acc, before=None):
         return {"method": method, "seed": seed, "heldout": {"accuracy": acc},

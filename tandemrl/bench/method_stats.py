@@ -211,11 +211,18 @@ def _cell(stat: dict[str, float], digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['ci95']:.{digits}f}"
 
 
-def markdown_table(summary: dict[str, dict[str, Any]], baseline: str | None = None) -> str:
+def markdown_table(
+    summary: dict[str, dict[str, Any]],
+    baseline: str | None = None,
+    paired: dict[str, dict[str, dict[str, Any]]] | None = None,
+) -> str:
     """One row per method: held-out metrics and training statistics as mean ± 95% CI.
 
-    With `baseline` (e.g. "grpo"), a last column says whether the method's mean held-out
-    accuracy is above the baseline's and whether the two intervals overlap."""
+    With `baseline` (e.g. "grpo"), a last column compares the method's held-out accuracy with
+    the baseline's: from `paired` (`paired_comparisons`) where the method has a paired
+    difference over at least 2 seeds (its 95% interval, and whether that excludes 0), else by
+    whether the two unpaired intervals overlap. Pairing removes the seed-to-seed variance both
+    share, so the two verdicts can differ; the paired one is the test."""
     pass_keys = sorted({k for s in summary.values() for k in s["heldout"] if k.startswith("pass@")})
     cols = ["accuracy", *pass_keys, "sampled_accuracy", "diversity/distinct_answers"]
     head = ["method", "seeds", *[f"held-out {c}" for c in cols], "final train reward",
@@ -234,7 +241,14 @@ def markdown_table(summary: dict[str, dict[str, Any]], baseline: str | None = No
             _cell(s["median_step_s"], 1),
         ]
         if baseline in summary:
-            row.append(_versus(s["heldout"].get("accuracy", {}), base, method == baseline))
+            d = (paired or {}).get(method, {}).get("accuracy")
+            if method != baseline and d and d["n"] >= 2 and math.isfinite(d["half_width"]):
+                verdict = "interval excludes 0" if d["excludes_zero"] else "within noise"
+                row.append(
+                    f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] paired, {verdict}"
+                )
+            else:
+                row.append(_versus(s["heldout"].get("accuracy", {}), base, method == baseline))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

@@ -372,7 +372,7 @@ def write_results(
     (ns.out / "results.json").write_text(json.dumps(result, indent=2))
     figures = plot_curves(runs, ns.out) if runs else []
     figures = plot_differences(paired, suite["baseline"], ns.out) + figures
-    table = markdown_table(summary, suite["baseline"])
+    table = markdown_table(summary, suite["baseline"], paired)
     lines = [f"# Methods on `{ns.suite}`{' (quick: tiny random model)' if ns.quick else ''}", "",
              f"`{result['command']}` ({result['date']}, {result['machine']['nproc']} cores, "
              f"{result['machine']['cpu']}, commit {result['versions'].get('git_commit')})", "",
