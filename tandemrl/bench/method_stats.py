@@ -242,20 +242,36 @@ def markdown_table(
         ]
         if baseline in summary:
             d = (paired or {}).get(method, {}).get("accuracy")
-            if method != baseline and d and d["n"] >= 2 and math.isfinite(d["half_width"]):
-                verdict = "interval excludes 0" if d["excludes_zero"] else "within noise"
-                row.append(
-                    f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] paired, {verdict}"
-                )
-            else:
-                row.append(_versus(s["heldout"].get("accuracy", {}), base, method == baseline))
+            row.append(_versus(s["heldout"].get("accuracy", {}), base, method == baseline, d))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
-def _versus(stat: dict[str, float], base: dict[str, float] | None, is_base: bool) -> str:
+def has_interval(d: dict[str, Any] | None) -> bool:
+    """Whether a paired difference (`paired_comparisons`) has a 95% interval: >= 2 seeds."""
+    return bool(d) and d["n"] >= 2 and math.isfinite(d["half_width"])
+
+
+def comparison_label(method: str, baseline: str) -> str:
+    """The row label of a key of `paired_comparisons` (or an already full `paired_modes` one)."""
+    if " - " in method:
+        return method
+    return f"{baseline} - untrained" if method == "untrained" else f"{method} - {baseline}"
+
+
+def _versus(
+    stat: dict[str, float],
+    base: dict[str, float] | None,
+    is_base: bool,
+    paired: dict[str, Any] | None = None,
+) -> str:
     if is_base:
         return "baseline"
+    if has_interval(paired):
+        verdict = "interval excludes 0" if paired["excludes_zero"] else "within noise"
+        return (
+            f"{paired['mean']:+.3f} [{paired['low']:+.3f}, {paired['high']:+.3f}] paired, {verdict}"
+        )
     if not stat or not base or not math.isfinite(stat.get("mean", math.nan)):
         return "n/a"
     diff = stat["mean"] - base["mean"]
@@ -404,12 +420,7 @@ def paired_table(paired: dict[str, dict[str, dict[str, Any]]], baseline: str) ->
             "detectable effect", "interval excludes 0"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for method, metrics in paired.items():
-        if " - " in method:  # already a full label (`paired_modes`)
-            label = method
-        elif method == "untrained":
-            label = f"{baseline} - untrained"
-        else:
-            label = f"{method} - {baseline}"
+        label = comparison_label(method, baseline)
         for key, d in metrics.items():
             if d["n"] == 0:
                 continue

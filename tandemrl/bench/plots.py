@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from tandemrl.bench.method_stats import comparison_label, has_interval
+
 
 def _pyplot():
     import matplotlib
@@ -58,14 +60,11 @@ def difference_rows(
     """(label, paired difference) for each comparison of `metric` with a finite interval, in
     the order of `paired`: "<baseline> - untrained" first when present, then "<method> -
     <baseline>". A comparison over fewer than 2 seeds has no interval and is left out."""
-    rows = []
-    for method, metrics in paired.items():
-        d = metrics.get(metric)
-        if not d or d["n"] < 2 or not math.isfinite(d["half_width"]):
-            continue
-        label = f"{baseline} - untrained" if method == "untrained" else f"{method} - {baseline}"
-        rows.append((label, d))
-    return rows
+    return [
+        (comparison_label(method, baseline), metrics[metric])
+        for method, metrics in paired.items()
+        if has_interval(metrics.get(metric))
+    ]
 
 
 def plot_differences(
