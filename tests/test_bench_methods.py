@@ -326,3 +326,30 @@ def test_time_left_counts_only_runs_that_trained():
     assert bm.time_left(0.0, 0, 7) == ""  # nothing trained yet: no estimate
     assert bm.time_left(1800.0, 2, 3) == ", 3 to train, about 45 min left"  # 15 min a run
     assert bm.time_left(1800.0, 2, 0) == ""
+
+
+def test_a_seed_independent_untrained_score_is_evaluated_once_and_shared():
+    # fc-powered: only the baseline's seeds 0 and 1 evaluate the untrained model.
+    assert [bm.evaluates_untrained("fc-powered", "sum", s) for s in range(5)] == [
+        True, True, False, False, False,
+    ]  # fmt: skip
+    assert not bm.evaluates_untrained("fc-powered", "gdpo", 0)
+    assert bm.evaluates_untrained("powered", "grpo", 4)  # no untrained_seeds: every seed
+
+    def run(method, seed, acc, before=None):
+        curve = [[0, before], [10, acc]] if before is not None else [[10, acc]]
+        return {"method": method, "seed": seed, "heldout": {"accuracy": acc},
+                "heldout_curve": curve,
+                "heldout_before": {"accuracy": before} if before is not None else {}}  # fmt: skip
+
+    runs = [run("sum", 0, 0.30, 0.20), run("sum", 1, 0.26), run("gdpo", 1, 0.28)]
+    per_seed = [dict(r, heldout_curve=list(r["heldout_curve"])) for r in runs]
+    bm.share_before(per_seed, "sum")  # seed 1 has no point of its own: nothing shared
+    assert per_seed[1]["heldout_curve"] == [[10, 0.26]]
+    assert "untrained" not in ms.paired_comparisons(per_seed, "sum")
+
+    bm.share_before(runs, "sum", any_seed=True)
+    assert runs[1]["heldout_curve"][0] == [0, 0.20] and runs[2]["heldout_curve"][0] == [0, 0.20]
+    assert runs[1]["heldout_before"] == {"accuracy": 0.20}
+    untrained = ms.paired_comparisons(runs, "sum")["untrained"]["accuracy"]
+    assert untrained["seeds"] == [0, 1] and untrained["mean"] == pytest.approx(0.08)
