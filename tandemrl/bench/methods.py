@@ -16,7 +16,9 @@ picks up where it stopped. A suite's `post_evals` evaluate a run's last checkpoi
 (`tandem eval`, e.g. pass@16 of DuPO's explorer) into `post_eval-<name>.json`; checkpoints
 are not committed, so `--retrain-for-post-evals` trains a finished run again when one is
 missing. Only the baseline's runs evaluate the untrained model (`before`):
-every method starts from the same weights, so that point is shared by all curves.
+every method starts from the same weights, so that point is shared by all curves. A suite
+whose untrained score does not depend on the seed (greedy evaluation, held-out split fixed by
+the task's own seed) names the seeds that measure it in `untrained_seeds`; the others reuse it.
 """
 
 from __future__ import annotations
