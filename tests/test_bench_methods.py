@@ -353,3 +353,15 @@ def test_a_seed_independent_untrained_score_is_evaluated_once_and_shared():
     assert runs[1]["heldout_before"] == {"accuracy": 0.20}
     untrained = ms.paired_comparisons(runs, "sum")["untrained"]["accuracy"]
     assert untrained["seeds"] == [0, 1] and untrained["mean"] == pytest.approx(0.08)
+
+
+def test_the_demo_suite_adds_samples_to_the_greedy_only_demo():
+    from tandemrl.loop.config import load_config
+
+    demo = Path("configs/demo.yaml")
+    cmd = bm.train_command(bm.parse_args(["--suite", "demo"]), "grpo", 1, demo)
+    overrides = [a for a in cmd[cmd.index(str(demo)) + 1 :] if "=" in a]
+    assert load_config(bm.REPO / demo).eval.pass_k == 0  # `make demo` stays short
+    suite_run = load_config(bm.REPO / demo, overrides)
+    assert (suite_run.eval.pass_k, suite_run.eval.batch_size) == (4, 32)
+    assert suite_run.eval.pass_temperature == 0.7 and suite_run.seed == 1
