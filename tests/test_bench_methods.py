@@ -11,6 +11,7 @@ import pytest
 
 from tandemrl.bench import method_stats as ms
 from tandemrl.bench import methods as bm
+from tandemrl.loop.config import load_config
 
 
 def test_mean_ci_matches_the_t_interval_by_hand():
@@ -356,8 +357,6 @@ def test_a_seed_independent_untrained_score_is_evaluated_once_and_shared():
 
 
 def test_the_demo_suite_adds_samples_to_the_greedy_only_demo():
-    from tandemrl.loop.config import load_config
-
     demo = Path("configs/demo.yaml")
     cmd = bm.train_command(bm.parse_args(["--suite", "demo"]), "grpo", 1, demo)
     overrides = [a for a in cmd[cmd.index(str(demo)) + 1 :] if "=" in a]
