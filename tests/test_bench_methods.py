@@ -315,6 +315,28 @@ def test_a_methods_two_policies_pair_within_the_same_run():
     assert "| ps:pass16-high_entropy - ps:pass16 | pass@16 | 3 | +0.133 |" in table
 
 
+def test_two_methods_pair_over_the_seeds_both_ran():
+    def run(method, seed, exact, args=None):
+        heldout = {"exact_call": exact} if args is None else {"exact_call": exact, "args": args}
+        return {"method": method, "seed": seed, "heldout": heldout}
+
+    runs = [run("gdpo", 0, 0.20, 0.3), run("gdpo", 1, 0.25, 0.3), run("gdpo", 2, 0.10, 0.3)]
+    runs += [run("gd2po", 0, 0.30), run("gd2po", 1, 0.25), run("gd2po", 2, 0.30)]
+    runs.append(run("gd2po", 3, 0.90))  # no GDPO run on seed 3: left out of the pairing
+    runs.append(run("sum", 0, 0.0))
+    paired = ms.paired_methods(runs, [("gd2po", "gdpo"), ("gd2po", "absent")])
+    assert set(paired) == {"gd2po - gdpo"}
+    d = paired["gd2po - gdpo"]
+    assert set(d) == {"exact_call"}  # args: GDPO's runs only
+    # differences +0.10, 0.00, +0.20: mean 0.1, sd 0.1; t(0.975, 2) = 4.3027
+    assert d["exact_call"]["n"] == 3 and d["exact_call"]["mean"] == pytest.approx(0.1)
+    assert d["exact_call"]["sd"] == pytest.approx(0.1)
+    half = 4.302653 * 0.1 / 3**0.5
+    assert d["exact_call"]["low"] == pytest.approx(0.1 - half, abs=1e-5)
+    assert d["exact_call"]["high"] == pytest.approx(0.1 + half, abs=1e-5)
+    assert "| gd2po - gdpo | exact_call | 3 | +0.100 |" in ms.paired_table(paired, "")
+
+
 def test_results_warn_when_step_times_come_from_several_hosts():
     def run(platform):
         return {"trained_on": {"machine": {"platform": platform}}}

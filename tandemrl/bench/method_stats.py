@@ -393,6 +393,30 @@ def paired_modes(
     return out
 
 
+def paired_methods(
+    runs: Sequence[dict[str, Any]], contrasts: Sequence[tuple[str, str]]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Two methods other than the baseline against each other, paired by seed
+    (`contrasts`: (treated, control) pairs, e.g. GD²PO minus GDPO, whose claim is over GDPO
+    rather than over the suite's baseline). Keyed "treated - control"; held-out metrics both
+    report, over the seeds both ran."""
+    by_method = _by_method(runs)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for treated_name, control_name in contrasts:
+        treated_runs, control_runs = (
+            by_method.get(treated_name, {}),
+            by_method.get(control_name, {}),
+        )
+        seeds = sorted(set(treated_runs) & set(control_runs))
+        if not seeds:
+            continue
+        treated = {s: treated_runs[s]["heldout"] for s in seeds}
+        control = {s: control_runs[s]["heldout"] for s in seeds}
+        keys = sorted(set.intersection(*(set(m) for m in (*treated.values(), *control.values()))))
+        out[f"{treated_name} - {control_name}"] = _paired_by_seed(treated, control, keys)
+    return out
+
+
 def _by_method(runs: Sequence[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
     by_method: dict[str, dict[int, dict[str, Any]]] = {}
     for run in runs:

@@ -41,6 +41,7 @@ from tandemrl.bench.method_stats import (
     markdown_table,
     mechanism_table,
     paired_comparisons,
+    paired_methods,
     paired_modes,
     paired_post_evals,
     paired_table,
@@ -154,6 +155,9 @@ SUITES: dict[str, dict[str, Any]] = {
         # both measured 0.133 exact call, every metric equal), so seeds 2-4 reuse it instead
         # of spending 12-16 min each on it again (`share_before`).
         "untrained_seeds": "0,1",
+        # GD²PO's claim is over GDPO (conflict filtering and query reweighting on top of
+        # per-reward normalisation), so it is paired with GDPO too, not only with the sum.
+        "method_contrasts": [("gd2po", "gdpo")],
         "overrides": [
             "steps=10",
             "task_options.eval_size=256",
@@ -377,6 +381,7 @@ def write_results(
     reference = suite.get("reference_eval")
     post = paired_post_evals(runs, suite["baseline"], reference) if reference else {}
     modes = paired_modes(runs, suite.get("mode_contrasts", {}))
+    head_to_head = paired_methods(runs, suite.get("method_contrasts", ()))
     ns.out.mkdir(parents=True, exist_ok=True)
     command = "tandem bench methods " + shlex.join(sys.argv[3:] if argv is None else argv)
     result = {
@@ -398,6 +403,7 @@ def write_results(
         "paired_training": training,
         "paired_post_eval": post,
         "paired_modes": modes,
+        "paired_methods": head_to_head,
         "failed": failed,
         "pending": pending,
         "unfinished": [f"{m}/seed{s}" for m, s in unfinished],
@@ -433,6 +439,11 @@ def write_results(
                   "more samples per problem, other policies or modes); a method's evaluation "
                   "minus the baseline's on the same seed.", "",
                   paired_table(post, f"{suite['baseline']}:{reference}"), ""]  # fmt: skip
+    if head_to_head:
+        lines += ["## Methods against each other, paired", "",
+                  "Two methods other than the baseline, the first minus the second on the same "
+                  "seed (same prompt order and held-out problems).", "",
+                  paired_table(head_to_head, ""), ""]  # fmt: skip
     if modes:
         lines += ["## A method's two policies, paired", "",
                   "The same run's last checkpoint evaluated with each of its policies or modes "
