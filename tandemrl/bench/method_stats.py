@@ -387,9 +387,8 @@ def paired_modes(
             continue
         treated = {s: e[treated_name] for s, e in both.items()}
         control = {s: e[control_name] for s, e in both.items()}
-        keys = sorted(set.intersection(*(set(m) for m in (*treated.values(), *control.values()))))
         label = f"{method}:{treated_name} - {method}:{control_name}"
-        out[label] = _paired_by_seed(treated, control, keys)
+        out[label] = _paired_on_shared_metrics(treated, control)
     return out
 
 
@@ -412,8 +411,7 @@ def paired_methods(
             continue
         treated = {s: treated_runs[s]["heldout"] for s in seeds}
         control = {s: control_runs[s]["heldout"] for s in seeds}
-        keys = sorted(set.intersection(*(set(m) for m in (*treated.values(), *control.values()))))
-        out[f"{treated_name} - {control_name}"] = _paired_by_seed(treated, control, keys)
+        out[f"{treated_name} - {control_name}"] = _paired_on_shared_metrics(treated, control)
     return out
 
 
@@ -435,6 +433,14 @@ def _paired_by_seed(
         ).to_dict()
         for k in keys
     }
+
+
+def _paired_on_shared_metrics(
+    treated: dict[int, dict[str, float]], control: dict[int, dict[str, float]]
+) -> dict[str, dict[str, Any]]:
+    """`_paired_by_seed` over the metrics every run on both sides reports."""
+    keys = sorted(set.intersection(*(set(m) for m in (*treated.values(), *control.values()))))
+    return _paired_by_seed(treated, control, keys)
 
 
 def paired_table(paired: dict[str, dict[str, dict[str, Any]]], baseline: str) -> str:
