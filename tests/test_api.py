@@ -9,6 +9,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -124,18 +125,20 @@ def test_a_hub_id_offline_is_one_line(monkeypatch, capsys):
     assert code == 2 and len(err) == 1 and "offline" in err[0]
 
 
-def _wandb_history_keys(run_dir: Path) -> list[set[str]]:
-    """The keys of each history record in an offline W&B run's `.wandb` file (a LevelDB-style
-    log of protobuf records; our reader, so the test needs no network)."""
+def _wandb_records(path: Path) -> list:
+    """The records of an offline W&B run's `.wandb` file (a LevelDB-style log of protobuf records,
+    32 KiB blocks whose first holds the file's 7-byte header; our reader, so the test needs no
+    network)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    (path,) = glob.glob(str(run_dir / "wandb" / "offline-run-*" / "run-*.wandb"))
-    data, pos, chunks, out = Path(path).read_bytes(), 7, [], []
+    data, pos, chunks, out = path.read_bytes(), 7, [], []
     while pos + 7 <= len(data):
-        if 32768 - pos % 32768 < 7:
+        if 32768 - pos % 32768 < 7:  # a block's last bytes are zero padding when no header fits
             pos += 32768 - pos % 32768
             continue
         _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if pos + 7 + length > len(data):  # a chunk still being written
+            break
         chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind in (1, 2):
             chunks = [chunk]
@@ -144,9 +147,32 @@ def _wandb_history_keys(run_dir: Path) -> list[set[str]]:
         if kind in (1, 4):
             record = pb.Record()
             record.ParseFromString(b"".join(chunks))
-            if record.WhichOneof("record_type") == "history":
-                out.append({it.key or "/".join(it.nested_key) for it in record.history.item})
+            out.append(record)
     return out
+
+
+def _wandb_history_keys(run_dir: Path, wait_s: float = 60.0) -> list[set[str]]:
+    """The keys of each history record, once the file holds the run's exit record.
+
+    W&B's service process buffers the log and may flush it after `run.finish()` has returned
+    (CI saw an empty file once), so the test waits for the exit record rather than reading a
+    half-written log."""
+    (path,) = glob.glob(str(run_dir / "wandb" / "offline-run-*" / "run-*.wandb"))
+    deadline = time.monotonic() + wait_s
+    while True:
+        records = _wandb_records(Path(path))
+        kinds = [r.WhichOneof("record_type") for r in records]
+        if "exit" in kinds or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert "exit" in kinds, (
+        f"no exit record after {wait_s} s: {Path(path).stat().st_size} bytes, records {kinds}"
+    )
+    return [
+        {it.key or "/".join(it.nested_key) for it in r.history.item}
+        for r, kind in zip(records, kinds, strict=True)
+        if kind == "history"
+    ]
 
 
 def test_wandb_offline_logs_the_metrics_jsonl_keys(tmp_path, monkeypatch):
