@@ -210,6 +210,24 @@ def test_the_powered_suite_keeps_its_runs_in_the_repository_unless_quick():
     assert cmd.index("seed=3") < cmd.index("optim.lr=2.0e-4")  # the suite's keys apply to all
 
 
+def test_one_methods_runs_can_live_in_another_folder(tmp_path):
+    committed = bm.REPO / "benchmarks/results/methods-fc-powered/runs"
+    ns = bm.parse_args(["--suite", "fc-powered", "--methods", "sum,gd2po", "--runs-dir",
+                        str(tmp_path), "--method-runs-dir", f"gd2po={committed}"])  # fmt: skip
+    config = bm.config_path(bm.SUITES["fc-powered"]["methods"]["gd2po"])
+    assert bm.run_dir_of(ns, "gd2po", 3) == committed / "gd2po" / "seed3"
+    assert bm.run_dir_of(ns, "sum", 3) == tmp_path / "sum" / "seed3"
+    assert f"output_dir={committed / 'gd2po' / 'seed3'}" in bm.train_command(ns, "gd2po", 3, config)
+    # the committed GD2PO run finished with this command: reused, not trained again
+    assert not bm.has_work(ns, "gd2po", 3, config)
+    assert bm.finished_run(ns, "gd2po", 3, config)["seed"] == 3
+    config = bm.config_path(bm.SUITES["fc-powered"]["methods"]["sum"])
+    assert bm.has_work(ns, "sum", 3, config) and bm.finished_run(ns, "sum", 3, config) is None
+    for bad in ["gd2po", "grpo=somewhere", "gd2po="]:
+        with pytest.raises(SystemExit):
+            bm.parse_args(["--suite", "fc-powered", "--method-runs-dir", bad])
+
+
 def test_unknown_method_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):
         bm.parse_args(["--suite", "fc", "--methods", "sum,grpo"])

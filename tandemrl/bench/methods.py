@@ -197,6 +197,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=0, help="held-out eval every N steps")
     p.add_argument("--target", type=float, help="training reward for 'steps to target'")
     p.add_argument("--runs-dir", help="where the runs go (default runs/bench_methods/...)")
+    p.add_argument("--method-runs-dir", action="append", default=[], metavar="METHOD=DIR",
+                   help="one method's runs in another folder than --runs-dir (repeatable): a "
+                        "run is reused only when it finished there with this command")  # fmt: skip
     p.add_argument(
         "--report-only",
         action="store_true",
@@ -218,9 +221,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     tag = f"methods-{ns.suite}{'-quick' if ns.quick else ''}"
     committed = None if ns.quick else suite.get("runs_dir")
     ns.runs_dir = Path(ns.runs_dir or committed or f"runs/bench_methods/{tag}")
+    ns.method_runs_dirs = {}
+    for item in ns.method_runs_dir:
+        method, sep, folder = item.partition("=")
+        if not sep or not folder or method not in suite["methods"]:
+            p.error(f"--method-runs-dir {item!r}: expected METHOD=DIR with METHOD one of "
+                    f"{', '.join(suite['methods'])}")  # fmt: skip
+        ns.method_runs_dirs[method] = Path(folder)
     ns.out = Path(ns.out or f"benchmarks/results/{tag}")
     ns.target = suite["target"] if ns.target is None else ns.target
     return ns
+
+
+def run_dir_of(ns: argparse.Namespace, method: str, seed: int) -> Path:
+    """Where (method, seed) trains: `--method-runs-dir` for that method, else `--runs-dir`."""
+    return ns.method_runs_dirs.get(method, ns.runs_dir) / method / f"seed{seed}"
 
 
 def config_path(relative: str) -> Path | None:
@@ -233,7 +248,7 @@ def config_path(relative: str) -> Path | None:
 
 def train_command(ns: argparse.Namespace, method: str, seed: int, config: Path) -> list[str]:
     args = [sys.executable, "-m", "tandemrl.cli", "train", str(config), f"seed={seed}"]
-    args += [f"output_dir={ns.runs_dir / method / f'seed{seed}'}", *COMMON]
+    args += [f"output_dir={run_dir_of(ns, method, seed)}", *COMMON]
     args += SUITES[ns.suite].get("overrides", [])
     args += SUITES[ns.suite].get("method_overrides", {}).get(method, [])
     args += QUICK if ns.quick else []
@@ -253,7 +268,14 @@ def portable_command(cmd: list[str]) -> list[str]:
     """`cmd` without the interpreter and with paths inside the repository made relative to
     it: what a run's stamp records, so that committed runs are reused from any clone."""
     root = f"{REPO}{os.sep}"
-    return [a.replace(root, "") if a.startswith(root) else a for a in cmd[1:]]
+
+    def relative(arg: str) -> str:
+        key, sep, value = arg.partition("=")  # `output_dir=<path>` as much as a bare path
+        if sep and value.startswith(root):
+            return f"{key}={value[len(root) :]}"
+        return arg[len(root) :] if arg.startswith(root) else arg
+
+    return [relative(a) for a in cmd[1:]]
 
 
 def same_command(cmd: list[str], run_dir: Path) -> bool:
@@ -481,7 +503,7 @@ def bench_one(
     """One (method, seed): trained (or reused), post-evaluated; its run record and the
     post-evaluations it lacks. RuntimeError when training fails."""
     cmd = train_command(ns, method, seed, config)
-    run_dir = ns.runs_dir / method / f"seed{seed}"
+    run_dir = run_dir_of(ns, method, seed)
     records, summary = run_one(cmd, run_dir)
     evals, missing = post_evaluate(ns, method, run_dir, summary)
     checkpoint = summary.get("checkpoint")
@@ -507,7 +529,7 @@ def _finished_summary(
 ) -> tuple[Path, dict[str, Any] | None]:
     """The run directory of (method, seed) and its summary when the run finished with this
     command (None otherwise)."""
-    run_dir = ns.runs_dir / method / f"seed{seed}"
+    run_dir = run_dir_of(ns, method, seed)
     cmd = train_command(ns, method, seed, config)
     if not (same_command(cmd, run_dir) and (run_dir / "summary.json").is_file()):
         return run_dir, None
