@@ -154,9 +154,9 @@ def _wandb_records(path: Path) -> list:
 def _wandb_history_keys(run_dir: Path, wait_s: float = 60.0) -> list[set[str]]:
     """The keys of each history record, once the file holds the run's exit record.
 
-    W&B's service process buffers the log and may flush it after `run.finish()` has returned
-    (CI saw an empty file once), so the test waits for the exit record rather than reading a
-    half-written log."""
+    W&B's service process writes the log a full 32 KiB block at a time, the rest when the run's
+    stream closes, which may be after `run.finish()` has returned (CI once read no history
+    record), so the test waits for the exit record rather than read a half-written log."""
     (path,) = glob.glob(str(run_dir / "wandb" / "offline-run-*" / "run-*.wandb"))
     deadline = time.monotonic() + wait_s
     while True:
